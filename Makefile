@@ -1,0 +1,21 @@
+PY ?= .venv/bin/python
+
+.PHONY: setup protos test lint typecheck demo bench
+
+setup:
+	bash scripts/setup.sh
+
+protos:
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/cbir.proto
+
+test:
+	$(PY) -m pytest
+
+lint:
+	$(PY) -m ruff check .
+
+typecheck:
+	$(PY) -m mypy cbir jobs shard_server coordinator
+
+demo:
+	.venv/bin/cbir demo

@@ -1,0 +1,56 @@
+"""Typed exceptions raised by the core.
+
+Servers map them to gRPC status codes in one table (``cbir.rpc.status``); the CLI maps them to
+a one-line message and a non-zero exit code. Messages must never contain credentials.
+"""
+
+from __future__ import annotations
+
+
+class CbirError(Exception):
+    """Base of every error cbir raises on purpose."""
+
+
+class InvalidArgument(CbirError):
+    """The caller sent something malformed: wrong dim, NaN, bad k, bad URI..."""
+
+
+class NotFound(CbirError):
+    """A named thing (image id, bucket, index, shard) does not exist."""
+
+
+class ResourceExhausted(CbirError):
+    """A size limit was hit (payload, pixels, batch)."""
+
+
+class FailedPrecondition(CbirError):
+    """The system is not in a state to do this (index not loaded, model/dim mismatch)."""
+
+
+class Unavailable(CbirError):
+    """A dependency is down; retrying later or elsewhere may work."""
+
+
+class PermissionDenied(CbirError):
+    """Credentials were given but are not allowed to do this."""
+
+
+class Unauthenticated(CbirError):
+    """No or invalid credentials."""
+
+
+class BadImage(InvalidArgument):
+    """Bytes that cannot become an embedding. ``reason`` is a short machine-friendly tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ModelMismatch(FailedPrecondition):
+    """An index built with one model/dim is offered to a server expecting another."""
+
+
+class IdCollision(CbirError):
+    """Two distinct keys hashed to the same 63-bit image id."""

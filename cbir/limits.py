@@ -1,0 +1,19 @@
+"""Request limits shared by every entry point; each one has a clear error when exceeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_k: int = 1000
+    max_batch: int = 1024  # query vectors per request
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 64_000_000  # decompression-bomb guard (PIL's is ~89M)
+    max_deadline_s: float = 60.0
+    default_deadline_s: float = 10.0
+
+
+DEFAULT_LIMITS = Limits()

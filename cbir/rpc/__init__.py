@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by the shard server and the coordinator."""

@@ -1,0 +1,56 @@
+"""The one table mapping core exceptions to gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from cbir import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for exc_type, code in STATUS_OF:
+        if isinstance(exc, exc_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+R = TypeVar("R")
+
+
+def grpc_errors(
+    method: Callable[..., Awaitable[R]],
+) -> Callable[..., Awaitable[R]]:
+    """Decorate an async servicer method: core errors become status codes with their message;
+    anything unexpected becomes INTERNAL with a generic message (details go to the log only)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except errors.CbirError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    return wrapper

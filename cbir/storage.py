@@ -1,0 +1,179 @@
+"""Object storage: one API over local paths and ``s3://`` URIs.
+
+S3 endpoint and credentials come from the standard AWS chain; ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``) points boto3 and pyarrow at MinIO, moto or any S3-compatible server.
+Every write is atomic: temp file + rename locally, a single PUT on S3.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from cbir.errors import InvalidArgument, NotFound
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str  # no leading slash; "" for the bucket root
+
+    @property
+    def uri(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.key}" if self.key else f"{S3_SCHEME}{self.bucket}"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def parse_s3(uri: str) -> S3Location:
+    if not is_s3(uri):
+        raise InvalidArgument(f"not an s3:// URI: {uri!r}")
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise InvalidArgument(f"s3 URI has no bucket: {uri!r}")
+    return S3Location(parsed.netloc, parsed.path.lstrip("/"))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI/path segments with '/', for both local paths and s3 URIs."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_client(max_attempts: int = 8) -> Any:
+    """A boto3 S3 client honouring the standard env; retries throttling/5xx with jitter."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(
+        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=32,
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url(), config=cfg)
+
+
+@lru_cache(maxsize=4)
+def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or endpoint
+        kwargs["scheme"] = parsed.scheme or "https"
+    kwargs["region"] = region or "us-east-1"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for reading/writing Parquet."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        fs = _s3_filesystem(endpoint_url(), region)
+        return fs, f"{loc.bucket}/{loc.key}".rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        client = s3_client()
+        try:
+            return bytes(client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
+        except client.exceptions.NoSuchKey as exc:
+            raise NotFound(f"no such object: {uri}") from exc
+        except client.exceptions.NoSuchBucket as exc:
+            raise NotFound(f"no such bucket: {loc.bucket}") from exc
+    try:
+        return Path(uri).read_bytes()
+    except FileNotFoundError as exc:
+        raise NotFound(f"no such file: {uri}") from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Atomic write: readers see the old object or the whole new one, never a prefix."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        client = s3_client()
+        try:
+            client.head_object(Bucket=loc.bucket, Key=loc.key)
+            return True
+        except client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+    return Path(uri).exists()
+
+
+def list_names(uri: str) -> Iterator[str]:
+    """Relative names of the objects under a prefix/directory (recursive, paginated)."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(prefix) :]
+        return
+    root = Path(uri)
+    if not root.exists():
+        return
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            yield path.relative_to(root).as_posix()
+
+
+def delete(uri: str) -> None:
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        s3_client().delete_object(Bucket=loc.bucket, Key=loc.key)
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
+def local_copy(uri: str, directory: str) -> str:
+    """A local path holding ``uri``'s bytes (the path itself when it is already local)."""
+    if not is_s3(uri):
+        return uri
+    dest = Path(directory) / Path(parse_s3(uri).key).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(read_bytes(uri))
+    return str(dest)

@@ -1,0 +1,1 @@
+"""Batch jobs: the embedding backfill and the index build (Spark or sequential)."""

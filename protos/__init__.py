@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/cbir.proto (regenerate with `make protos`)."""
