@@ -93,7 +93,7 @@ def _rotate(px: np.ndarray, rng: random.Random) -> tuple[np.ndarray, int]:
     from PIL import Image
 
     angle = rng.uniform(-15, 15)
-    return np.asarray(Image.fromarray(px).rotate(angle, resample=Image.BILINEAR)), 90
+    return np.asarray(Image.fromarray(px).rotate(angle, resample=Image.Resampling.BILINEAR)), 90
 
 
 def _flip(px: np.ndarray, rng: random.Random) -> tuple[np.ndarray, int]:
