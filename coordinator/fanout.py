@@ -1,0 +1,266 @@
+"""Calls to one shard: one channel per replica, replica choice by the balancer, retry on
+another replica, optional hedging, and every attempt bounded by the caller's deadline.
+
+Deadlines are absolute ``time.monotonic()`` values; each attempt's timeout is what is left of
+the caller's deadline minus a margin, so the merged answer can leave before the caller gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cbir.rpc.serving import channel_options
+from coordinator.balancer import ShardBalancer
+from coordinator.config import CoordinatorConfig
+from coordinator.metrics import CoordinatorMetrics
+from protos import cbir_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ShardCall = Callable[[cbir_pb2_grpc.ShardStub, float], Awaitable[T]]
+
+Code = grpc.StatusCode
+# Worth another replica: the replica (not the request) was the problem.
+RETRYABLE = frozenset(
+    {Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED, Code.ABORTED,
+     Code.CANCELLED}
+)
+# Count towards ejecting the replica.
+EJECTING = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
+SHARD_SERVICE = "cbir.v1.Shard"
+# Reconnect quickly to a replica that comes back (grpc's default backoff grows to 120 s).
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class ShardCallFailed(Exception):
+    """Every attempt on a shard failed (or none could be made) within the deadline."""
+
+    def __init__(self, shard: int, reason: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(f"shard {shard}: {reason}")
+        self.shard = shard
+        self.reason = reason
+        self.code = code
+
+
+@dataclass
+class Replica:
+    shard: int
+    address: str
+    channel: grpc.aio.Channel
+    stub: cbir_pb2_grpc.ShardStub
+    health: health_pb2_grpc.HealthStub
+    in_flight: int = 0
+    retired: bool = False
+
+
+class Fanout:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        metrics: CoordinatorMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.balancers = {
+            s: ShardBalancer(s, config.balancer, rng) for s in range(config.num_shards)
+        }
+        self.replicas: dict[tuple[int, str], Replica] = {}
+        hedge = config.hedge_after_ms
+        self.hedge_s = hedge / 1000.0 if hedge is not None and hedge > 0 else None
+        self._closers: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------- topology
+
+    def update_topology(self, topology: Mapping[int, tuple[str, ...]]) -> None:
+        for shard, balancer in self.balancers.items():
+            added, removed = balancer.set_addresses(topology.get(shard, ()))
+            for address in added:
+                self.replicas[(shard, address)] = self._open(shard, address)
+                log.info("shard %d: replica %s added", shard, address)
+            for address in removed:
+                replica = self.replicas.pop((shard, address))
+                replica.retired = True
+                log.info("shard %d: replica %s removed", shard, address)
+                if replica.in_flight == 0:
+                    self._close_later(replica)
+                self.metrics.in_flight.remove(str(shard), address)
+            self.metrics.live_replicas.labels(str(shard)).set(len(balancer.live()))
+
+    def _open(self, shard: int, address: str) -> Replica:
+        options = [*channel_options(self.config.limits), *RECONNECT_OPTIONS]
+        channel = grpc.aio.insecure_channel(address, options=options)
+        self.metrics.in_flight.labels(str(shard), address).set(0)
+        return Replica(shard, address, channel, cbir_pb2_grpc.ShardStub(channel),
+                       health_pb2_grpc.HealthStub(channel))
+
+    def _close_later(self, replica: Replica) -> None:
+        task = asyncio.get_running_loop().create_task(replica.channel.close())
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    def live_counts(self) -> dict[int, int]:
+        return {s: len(b.live()) for s, b in self.balancers.items()}
+
+    def known_counts(self) -> dict[int, int]:
+        return {s: len(b.replicas) for s, b in self.balancers.items()}
+
+    async def close(self) -> None:
+        for replica in self.replicas.values():
+            await replica.channel.close()
+        self.replicas.clear()
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
+
+    # ------------------------------------------------------------- calls
+
+    def remaining_s(self, deadline: float) -> float:
+        return deadline - time.monotonic() - self.config.deadline_margin_s
+
+    async def call(
+        self,
+        shard: int,
+        fn: ShardCall[T],
+        deadline: float,
+        retry_codes: frozenset[grpc.StatusCode] = RETRYABLE,
+    ) -> T:
+        """One logical call to ``shard``: retried on other replicas, maybe hedged."""
+        attempt: _Attempts[T] = _Attempts(self, shard, fn, deadline)
+        try:
+            return await attempt.run(retry_codes)
+        finally:
+            attempt.cancel_pending()
+
+    async def attempt(self, shard: int, address: str, fn: ShardCall[T], deadline: float) -> T:
+        replica = self.replicas[(shard, address)]
+        balancer = self.balancers[shard]
+        gauge = self.metrics.in_flight.labels(str(shard), address)
+        balancer.begin(address)
+        replica.in_flight += 1
+        gauge.inc()
+        start = time.monotonic()
+        try:
+            result = await fn(replica.stub, max(self.remaining_s(deadline), 0.001))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in EJECTING and balancer.failed(address):
+                log.warning("shard %d: ejecting replica %s after %s", shard, address,
+                            exc.code().name)
+                self.metrics.ejections.labels(str(shard), address).inc()
+                self.metrics.live_replicas.labels(str(shard)).set(len(balancer.live()))
+            raise
+        else:
+            balancer.succeeded(address, time.monotonic() - start)
+            return result
+        finally:
+            balancer.end(address)
+            replica.in_flight -= 1
+            if not replica.retired:
+                gauge.dec()
+            elif replica.in_flight == 0:
+                self._close_later(replica)
+
+    # ------------------------------------------------------------- probing
+
+    async def probe_ejected(self) -> None:
+        """Health-check the ejected replicas that are due; restore those that answer SERVING."""
+        due = [(s, a) for s, b in self.balancers.items() for a in b.due_for_probe()]
+        if due:
+            await asyncio.gather(*(self._probe(s, a) for s, a in due))
+
+    async def _probe(self, shard: int, address: str) -> None:
+        replica = self.replicas.get((shard, address))
+        if replica is None:
+            return
+        request = health_pb2.HealthCheckRequest(service=SHARD_SERVICE)
+        try:
+            reply = await replica.health.Check(request, timeout=self.config.probe_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("shard %d: probe of %s failed: %s", shard, address, exc.code().name)
+            return
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            self.balancers[shard].restore(address)
+            self.metrics.live_replicas.labels(str(shard)).set(
+                len(self.balancers[shard].live())
+            )
+            log.info("shard %d: replica %s back in rotation", shard, address)
+
+
+class _Attempts(Generic[T]):
+    """The attempts of one logical call: at most one in flight, plus one hedge."""
+
+    def __init__(self, fanout: Fanout, shard: int, fn: ShardCall[T], deadline: float) -> None:
+        self.fanout = fanout
+        self.shard = shard
+        self.fn = fn
+        self.deadline = deadline
+        self.tried: set[str] = set()
+        self.pending: dict[asyncio.Task[T], str] = {}
+        self.hedged = False
+        self.last_reason = "no live replica"
+        self.last_code: grpc.StatusCode | None = None
+
+    def launch(self) -> bool:
+        if self.fanout.remaining_s(self.deadline) <= 0:
+            self.last_reason = f"deadline exceeded ({self.last_reason})"
+            self.last_code = Code.DEADLINE_EXCEEDED
+            return False
+        address = self.fanout.balancers[self.shard].pick(exclude=self.tried)
+        if address is None:
+            return False
+        self.tried.add(address)
+        coro = self.fanout.attempt(self.shard, address, self.fn, self.deadline)
+        self.pending[asyncio.ensure_future(coro)] = address
+        return True
+
+    async def run(self, retry_codes: frozenset[grpc.StatusCode]) -> T:
+        hedge_s = self.fanout.hedge_s
+        metrics = self.fanout.metrics
+        if not self.launch():
+            raise ShardCallFailed(self.shard, self.last_reason, self.last_code)
+        while self.pending:
+            wait_s = max(self.fanout.remaining_s(self.deadline), 0.0)
+            hedge_now = hedge_s is not None and not self.hedged and len(self.pending) == 1
+            done, _ = await asyncio.wait(
+                self.pending, timeout=min(wait_s, hedge_s) if hedge_now and hedge_s else wait_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:
+                if hedge_now and self.fanout.remaining_s(self.deadline) > 0:
+                    self.hedged = True
+                    if self.launch():
+                        metrics.hedges.labels(str(self.shard)).inc()
+                    continue
+                self.last_reason, self.last_code = "deadline exceeded", Code.DEADLINE_EXCEEDED
+                break
+            for task in done:
+                address = self.pending.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    return task.result()
+                if not isinstance(exc, grpc.aio.AioRpcError):
+                    raise exc
+                self.last_code = exc.code()
+                self.last_reason = f"{address}: {exc.code().name}: {exc.details()}"
+                if exc.code() not in retry_codes:
+                    raise ShardCallFailed(self.shard, self.last_reason, self.last_code)
+            if not self.pending and self.launch():
+                metrics.retries.labels(str(self.shard)).inc()
+        raise ShardCallFailed(self.shard, self.last_reason, self.last_code)
+
+    def cancel_pending(self) -> None:
+        for task in self.pending:
+            task.cancel()

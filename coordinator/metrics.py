@@ -1,0 +1,49 @@
+"""Prometheus metrics of one coordinator (own registry: several may live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class CoordinatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "cbir_coordinator_requests", "Search requests by query type and status code",
+            ["query", "code"], registry=r,
+        )
+        self.latency = Histogram(
+            "cbir_coordinator_request_seconds", "Search latency by query type", ["query"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self.partial = Counter(
+            "cbir_coordinator_partial_answers", "Answers missing at least one shard", registry=r
+        )
+        self.shard_failures = Counter(
+            "cbir_coordinator_shard_failures", "Shards left out of an answer", ["shard"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "cbir_coordinator_replica_in_flight", "Calls in flight per replica",
+            ["shard", "replica"], registry=r,
+        )
+        self.ejections = Counter(
+            "cbir_coordinator_replica_ejections", "Replicas taken out of rotation",
+            ["shard", "replica"], registry=r,
+        )
+        self.retries = Counter(
+            "cbir_coordinator_shard_retries", "Shard calls retried on another replica",
+            ["shard"], registry=r,
+        )
+        self.hedges = Counter(
+            "cbir_coordinator_hedged_calls", "Second calls sent to a slow shard", ["shard"],
+            registry=r,
+        )
+        self.live_replicas = Gauge(
+            "cbir_coordinator_live_replicas", "Replicas in rotation per shard", ["shard"],
+            registry=r,
+        )
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,193 @@
+"""One query across every shard: fan out, keep one index version, merge top-K exactly.
+
+Index-version rule: an answer never mixes index versions. The version answered by the most
+shards wins (ties: the greatest version string, i.e. the newest for time-ordered versions);
+shards that answered with another version are asked again with ``index_version`` pinned to it
+(any replica that holds it may answer); those that still cannot are reported as failed shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from cbir.errors import NotFound, Unavailable
+from coordinator.fanout import RETRYABLE, Fanout, ShardCallFailed
+from coordinator.merge import MergedHit, ShardHits, merge_top_k
+from protos import cbir_pb2, cbir_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+PINNED_RETRYABLE = RETRYABLE | {grpc.StatusCode.FAILED_PRECONDITION}
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the shards serve, from their Stats (the value most shards report)."""
+
+    num_shards: int
+    dim: int
+    metric: str
+    model: str
+    model_versions: frozenset[str]
+    index_version: str
+    reporting_shards: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    hits: list[MergedHit]
+    failed_shards: tuple[int, ...]
+    index_version: str
+    metric: str
+
+
+def majority(values: list[str]) -> str:
+    """The most common value; ties go to the greatest (the newest of time-ordered versions)."""
+    counts = Counter(values)
+    return max(counts, key=lambda v: (counts[v], v))
+
+
+def cluster_info(num_shards: int, stats: Mapping[int, cbir_pb2.StatsResponse]) -> ClusterInfo:
+    for shard, s in stats.items():
+        if s.shard != shard or s.num_shards != num_shards:
+            log.error("topology says shard %d of %d but the replica serves shard %d of %d",
+                      shard, num_shards, s.shard, s.num_shards)
+    values = list(stats.values())
+    return ClusterInfo(
+        num_shards=num_shards,
+        dim=int(majority([str(s.dim) for s in values])),
+        metric=majority([s.metric for s in values]),
+        model=majority([s.model for s in values]),
+        model_versions=frozenset(s.model_version for s in values),
+        index_version=majority([s.index_version for s in values]),
+        reporting_shards=tuple(sorted(stats)),
+    )
+
+
+class DistributedSearch:
+    def __init__(self, fanout: Fanout, num_shards: int) -> None:
+        self.fanout = fanout
+        self.num_shards = num_shards
+
+    async def stats(self, deadline: float) -> dict[int, cbir_pb2.StatsResponse]:
+        async def one(shard: int) -> cbir_pb2.StatsResponse | None:
+            try:
+                return await self.fanout.call(
+                    shard, lambda stub, t: stub.Stats(cbir_pb2.StatsRequest(), timeout=t),
+                    deadline,
+                )
+            except ShardCallFailed as exc:
+                log.info("no stats from %s", exc)
+                return None
+
+        answers = await asyncio.gather(*(one(s) for s in range(self.num_shards)))
+        return {s: a for s, a in enumerate(answers) if a is not None}
+
+    async def vector_of(self, image_id: int, deadline: float, request_id: str) -> np.ndarray:
+        shard = image_id % self.num_shards
+        request = cbir_pb2.GetVectorsRequest(image_ids=[image_id], request_id=request_id)
+        try:
+            reply = await self.fanout.call(
+                shard, lambda stub, t: stub.GetVectors(request, timeout=t), deadline
+            )
+        except ShardCallFailed as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"unknown image id {image_id}") from exc
+            raise Unavailable(
+                f"shard {shard}, which holds image id {image_id}, is unavailable: {exc.reason}"
+            ) from exc
+        if image_id not in reply.image_ids or reply.dim <= 0:
+            raise NotFound(f"unknown image id {image_id}")
+        vectors = np.frombuffer(reply.vectors, dtype="<f4").reshape(-1, reply.dim)
+        return np.array(vectors[list(reply.image_ids).index(image_id)], dtype=np.float32)
+
+    async def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        params: cbir_pb2.SearchParams,
+        exclude_id: int | None,
+        deadline: float,
+        request_id: str,
+    ) -> SearchAnswer:
+        request = cbir_pb2.ShardSearchRequest(
+            vectors=np.ascontiguousarray(query, dtype="<f4").tobytes(), dim=int(query.shape[0]),
+            k=k + (1 if exclude_id is not None else 0), params=params, request_id=request_id,
+        )
+        answers = await self._fan_out(request, range(self.num_shards), deadline, RETRYABLE)
+        if not answers:
+            raise Unavailable(f"no shard answered ({self.num_shards} shards, request {request_id})")
+        version = majority([a.index_version for a in answers.values()])
+        stragglers = [s for s, a in answers.items() if a.index_version != version]
+        if stragglers:
+            log.info("shards %s answered another index version than %s; asking again",
+                     stragglers, version)
+            for shard in stragglers:
+                del answers[shard]
+            pinned = cbir_pb2.ShardSearchRequest()
+            pinned.CopyFrom(request)
+            pinned.index_version = version
+            answers.update(await self._fan_out(pinned, stragglers, deadline, PINNED_RETRYABLE))
+        hits, metric = self._merge(answers, k, exclude_id)
+        failed = tuple(s for s in range(self.num_shards) if s not in hits)
+        merged = merge_top_k(list(hits.values()), k, metric, exclude_id)
+        return SearchAnswer(merged, failed, version, metric)
+
+    async def _fan_out(
+        self,
+        request: cbir_pb2.ShardSearchRequest,
+        shards: range | list[int],
+        deadline: float,
+        retry_codes: frozenset[grpc.StatusCode],
+    ) -> dict[int, cbir_pb2.ShardSearchResponse]:
+        async def one(shard: int) -> cbir_pb2.ShardSearchResponse | None:
+            def call(
+                stub: cbir_pb2_grpc.ShardStub, timeout: float
+            ) -> Awaitable[cbir_pb2.ShardSearchResponse]:
+                return stub.Search(request, timeout=timeout)
+
+            try:
+                return await self.fanout.call(shard, call, deadline, retry_codes)
+            except ShardCallFailed as exc:
+                log.warning("left out of request %s: %s", request.request_id, exc)
+                self.fanout.metrics.shard_failures.labels(str(shard)).inc()
+                return None
+
+        shard_list = list(shards)
+        replies = await asyncio.gather(*(one(s) for s in shard_list))
+        return {s: r for s, r in zip(shard_list, replies, strict=True) if r is not None}
+
+    def _merge(
+        self, answers: dict[int, cbir_pb2.ShardSearchResponse], k: int, exclude_id: int | None
+    ) -> tuple[dict[int, ShardHits], str]:
+        metric = majority([a.metric for a in answers.values()]) if answers else "ip"
+        hits: dict[int, ShardHits] = {}
+        for shard, reply in answers.items():
+            if reply.metric != metric:
+                log.error("shard %d answered with metric %r, the others %r; left out",
+                          shard, reply.metric, metric)
+                continue
+            parsed = parse_hits(shard, reply)
+            if parsed is not None:
+                hits[shard] = parsed
+        return hits, metric
+
+
+def parse_hits(shard: int, reply: cbir_pb2.ShardSearchResponse) -> ShardHits | None:
+    """The first query's row of a shard's packed answer; None (logged) when malformed."""
+    ids = np.frombuffer(reply.ids, dtype="<i8")
+    scores = np.frombuffer(reply.scores, dtype="<f4")
+    k = reply.k
+    if reply.num_queries < 1 or k < 0 or len(ids) < k or len(scores) < k:
+        log.error("shard %d sent a malformed answer (k=%d, %d ids, %d scores)",
+                  shard, k, len(ids), len(scores))
+        return None
+    keys = list(reply.keys[:k])
+    return ShardHits(shard, ids[:k].copy(), scores[:k].copy(), keys)

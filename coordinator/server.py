@@ -1,0 +1,171 @@
+"""The coordinator process: gRPC server, background topology/stats refresh, replica probing,
+embedder loading, health, metrics and graceful drain.
+
+Health: NOT_SERVING until (1) every shard has at least one replica address, (2) at least one
+shard has reported its Stats (dim, metric, model version are known) and (3) the query embedder
+is loaded (unless image queries are off). Once SERVING it stays so until drain: a shard that
+loses every replica later gives partial answers, which is the designed behaviour, and
+flapping readiness on a downstream would only take the coordinator out of its own Service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from cbir.rpc.serving import Serving
+from coordinator.config import CoordinatorConfig
+from coordinator.fanout import Fanout
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.query_embedder import EmbeddingRunner, QueryEmbedder, load_query_embedder
+from coordinator.search import DistributedSearch, cluster_info
+from coordinator.servicer import CoordinatorServicer, CoordinatorState
+from coordinator.topology import (
+    DnsTopology,
+    StaticTopology,
+    Topology,
+    TopologySource,
+    dnspython_resolver,
+)
+from protos import cbir_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "cbir.v1.Coordinator"
+EmbedderFactory = Callable[[], QueryEmbedder]
+
+
+def topology_source(config: CoordinatorConfig) -> TopologySource:
+    if config.topology_file is not None:
+        return StaticTopology.from_file(config.topology_file)
+    if config.shard_dns is None:
+        raise ValueError("either topology_file or shard_dns is needed")
+    return DnsTopology(config.shard_dns, config.num_shards, dnspython_resolver(config.dns_server))
+
+
+def default_embedder_factory(config: CoordinatorConfig) -> EmbedderFactory | None:
+    if not config.image_queries:
+        return None
+    return lambda: load_query_embedder(config.model, config.weights, config.device)
+
+
+class CoordinatorServer:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        source: TopologySource,
+        embedder_factory: EmbedderFactory | None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if source.num_shards != config.num_shards:
+            raise ValueError(f"topology has {source.num_shards} shards, config {config.num_shards}")
+        self.config = config
+        self.source = source
+        self.metrics = CoordinatorMetrics()
+        self.fanout = Fanout(config, self.metrics, rng)
+        self.search = DistributedSearch(self.fanout, config.num_shards)
+        self.state = CoordinatorState(image_queries=embedder_factory is not None)
+        self._embedder_factory = embedder_factory
+        self.serving = Serving([SERVICE_NAME], config.limits)
+        servicer = CoordinatorServicer(config, self.state, self.search, self.metrics)
+        cbir_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.serving.server)
+        self.topology: Topology = {}
+        self.ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_stats = float("-inf")
+        self.port = 0
+
+    async def start(self) -> int:
+        self.port = self.serving.bind(self.config.host, self.config.port)
+        await self.serving.start()
+        if self.config.metrics_port is not None:
+            self.metrics.serve(self.config.metrics_port)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._refresh_loop()), loop.create_task(self._probe_loop())]
+        if self._embedder_factory is not None:
+            self._tasks.append(loop.create_task(self._load_embedder(self._embedder_factory)))
+        log.info("coordinator listening on %s:%d", self.config.host, self.port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.serving.drain_and_stop(self.config.drain_grace_s if grace_s is None else grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.fanout.close()
+
+    async def run_until_signal(self) -> None:
+        stop = asyncio.Event()
+        self.serving.install_signal_handlers(stop)
+        await stop.wait()
+        log.info("draining (grace %.1f s)", self.config.drain_grace_s)
+        await self.stop()
+
+    # ------------------------------------------------------------- background
+
+    async def refresh(self) -> None:
+        """Re-resolve replicas; fetch the shards' stats when due; update health."""
+        self.topology = await self.source.resolve(self.topology)
+        self.fanout.update_topology(self.topology)
+        now = time.monotonic()
+        if self.state.info is None or now - self._last_stats >= self.config.stats_interval_s:
+            stats = await self.search.stats(now + max(self.config.probe_timeout_s, 1.0))
+            if stats:
+                self.state.info = cluster_info(self.config.num_shards, stats)
+                self._last_stats = now
+        await self._update_health()
+
+    async def _update_health(self) -> None:
+        if self.ready.is_set():
+            return
+        every_shard_seen = all(self.topology.get(s) for s in range(self.config.num_shards))
+        embedder_ok = not self.state.image_queries or self.state.embedder is not None
+        if every_shard_seen and self.state.info is not None and embedder_ok:
+            await self.serving.set_serving(True)
+            self.ready.set()
+            log.info("coordinator ready: %s", self.state.info)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("topology refresh failed")
+            fast = not self.ready.is_set()
+            interval = self.config.resolve_interval_s
+            await asyncio.sleep(min(interval, 0.2) if fast else interval)
+
+    async def _probe_loop(self) -> None:
+        period = max(self.config.balancer.reprobe_interval_s / 2, 0.05)
+        while True:
+            try:
+                await self.fanout.probe_ejected()
+            except Exception:
+                log.exception("replica probing failed")
+            await asyncio.sleep(period)
+
+    async def _load_embedder(self, factory: EmbedderFactory) -> None:
+        try:
+            embedder = await asyncio.to_thread(factory)
+        except Exception as exc:
+            log.exception("loading the query embedder failed")
+            self.state.embedder_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.state.embedder = EmbeddingRunner(embedder)
+        log.info("query embedder %s (dim %d, version %s) loaded",
+                 embedder.name, embedder.dim, embedder.version)
+        await self._update_health()
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    server = CoordinatorServer(
+        config, topology_source(config), default_embedder_factory(config)
+    )
+    await server.start()
+    await server.run_until_signal()
