@@ -1,0 +1,231 @@
+"""Python client of the coordinator.
+
+    from cbir.client import CoordinatorClient
+    with CoordinatorClient("127.0.0.1:50052") as client:
+        result = client.search_image("cat.jpg", k=10)
+        for hit in result.hits:
+            print(hit.score, hit.key)
+
+Every call has a timeout (``timeout_s`` per call, else the client's default); gRPC errors are
+raised as ``cbir.errors`` types carrying the server's message (``InvalidArgument``,
+``NotFound``, ``ResourceExhausted``, ``FailedPrecondition``, ``Unavailable``,
+``DeadlineExceeded``). ``AsyncCoordinatorClient`` has the same methods, awaitable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from cbir.errors import InvalidArgument
+from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.rpc.client import DeadlineExceeded, ServerError, aio_channel, error_from_rpc, sync_channel
+from protos import cbir_pb2, cbir_pb2_grpc
+
+__all__ = [
+    "AsyncCoordinatorClient",
+    "CoordinatorClient",
+    "CoordinatorInfo",
+    "DeadlineExceeded",
+    "Hit",
+    "SearchResult",
+    "ServerError",
+]
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: int
+    key: str
+    score: float
+    shard: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: tuple[Hit, ...]
+    partial: bool
+    failed_shards: tuple[int, ...]
+    index_version: str
+    metric: str
+    request_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"hits": [{"image_id", "key", "score", "shard"}], "partial", "failed_shards", ...}``"""
+        data = asdict(self)
+        data["hits"] = [asdict(h) for h in self.hits]
+        data["failed_shards"] = list(self.failed_shards)
+        return data
+
+
+@dataclass(frozen=True)
+class CoordinatorInfo:
+    num_shards: int
+    dim: int
+    model: str
+    model_version: str
+    metric: str
+    index_version: str
+    live_replicas: dict[int, int]
+
+
+def _image_bytes(image: bytes | str | Path) -> bytes:
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    path = Path(image)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read image file {path}: {exc.strerror}") from exc
+
+
+def _vector(values: Sequence[float] | np.ndarray) -> cbir_pb2.FloatVector:
+    array = np.asarray(values, dtype=np.float32)
+    if array.ndim != 1:
+        raise InvalidArgument(f"a query vector is one-dimensional, got shape {array.shape}")
+    return cbir_pb2.FloatVector(values=array.tolist())
+
+
+def _request(k: int, nprobe: int, ef_search: int, request_id: str,
+             **query: Any) -> cbir_pb2.SearchRequest:
+    return cbir_pb2.SearchRequest(
+        k=k, params=cbir_pb2.SearchParams(nprobe=nprobe, ef_search=ef_search),
+        request_id=request_id, **query,
+    )
+
+
+def _result(reply: cbir_pb2.SearchResponse) -> SearchResult:
+    return SearchResult(
+        hits=tuple(Hit(h.image_id, h.key, float(h.score), h.shard) for h in reply.hits),
+        partial=reply.partial,
+        failed_shards=tuple(reply.failed_shards),
+        index_version=reply.index_version,
+        metric=reply.metric,
+        request_id=reply.request_id,
+    )
+
+
+def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
+    return CoordinatorInfo(
+        num_shards=reply.num_shards, dim=reply.dim, model=reply.model,
+        model_version=reply.model_version, metric=reply.metric,
+        index_version=reply.index_version, live_replicas=dict(reply.live_replicas),
+    )
+
+
+class CoordinatorClient:
+    """Synchronous client; thread-safe (one gRPC channel)."""
+
+    def __init__(
+        self, address: str, timeout_s: float = DEFAULT_TIMEOUT_S, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = sync_channel(address, limits)
+        self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
+
+    def search_image(self, image: bytes | str | Path, k: int = 10, *, nprobe: int = 0,
+                     ef_search: int = 0, request_id: str = "",
+                     timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, image=_image_bytes(image))
+        return self._search(request, timeout_s)
+
+    def search_vector(self, vector: Sequence[float] | np.ndarray, k: int = 10, *,
+                      nprobe: int = 0, ef_search: int = 0, request_id: str = "",
+                      timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, vector=_vector(vector))
+        return self._search(request, timeout_s)
+
+    def search_id(self, image_id: int, k: int = 10, *, exclude_query_image: bool = False,
+                  nprobe: int = 0, ef_search: int = 0, request_id: str = "",
+                  timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, image_id=image_id,
+                           exclude_query_image=exclude_query_image)
+        return self._search(request, timeout_s)
+
+    def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
+        try:
+            reply = self._stub.Info(cbir_pb2.InfoRequest(), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+        return _info(reply)
+
+    def _search(self, request: cbir_pb2.SearchRequest, timeout_s: float | None) -> SearchResult:
+        try:
+            reply = self._stub.Search(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+        return _result(reply)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncCoordinatorClient:
+    """The same API for asyncio code (grpc.aio); create it inside the running loop."""
+
+    def __init__(
+        self, address: str, timeout_s: float = DEFAULT_TIMEOUT_S, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = aio_channel(address, limits)
+        self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
+
+    async def search_image(self, image: bytes | str | Path, k: int = 10, *, nprobe: int = 0,
+                           ef_search: int = 0, request_id: str = "",
+                           timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, image=_image_bytes(image))
+        return await self._search(request, timeout_s)
+
+    async def search_vector(self, vector: Sequence[float] | np.ndarray, k: int = 10, *,
+                            nprobe: int = 0, ef_search: int = 0, request_id: str = "",
+                            timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, vector=_vector(vector))
+        return await self._search(request, timeout_s)
+
+    async def search_id(self, image_id: int, k: int = 10, *, exclude_query_image: bool = False,
+                        nprobe: int = 0, ef_search: int = 0, request_id: str = "",
+                        timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, image_id=image_id,
+                           exclude_query_image=exclude_query_image)
+        return await self._search(request, timeout_s)
+
+    async def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
+        try:
+            reply = await self._stub.Info(cbir_pb2.InfoRequest(),
+                                          timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+        return _info(reply)
+
+    async def _search(
+        self, request: cbir_pb2.SearchRequest, timeout_s: float | None
+    ) -> SearchResult:
+        try:
+            reply = await self._stub.Search(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+        return _result(reply)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncCoordinatorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import random
+
+from coordinator.balancer import ShardBalancer
+from coordinator.config import BalancerConfig
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def balancer(n: int = 2, eject_after: int = 3, clock: Clock | None = None) -> ShardBalancer:
+    b = ShardBalancer(0, BalancerConfig(eject_after_failures=eject_after, reprobe_interval_s=1.0),
+                      random.Random(1), clock or Clock())
+    b.set_addresses([f"r{i}" for i in range(n)])
+    return b
+
+
+def test_p2c_prefers_the_less_loaded_replica() -> None:
+    b = balancer(2)
+    for _ in range(5):
+        b.begin("r0")
+    assert all(b.pick() == "r1" for _ in range(50))
+
+
+def test_p2c_prefers_the_faster_replica() -> None:
+    b = balancer(2)
+    b.succeeded("r0", 0.200)
+    b.succeeded("r1", 0.010)
+    assert all(b.pick() == "r1" for _ in range(50))
+
+
+def test_p2c_spreads_load_over_equal_replicas() -> None:
+    b = balancer(4)
+    picks = [b.pick() for _ in range(400)]
+    assert {p: picks.count(p) for p in set(picks)}.keys() == {"r0", "r1", "r2", "r3"}
+
+
+def test_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
+    b = balancer(2, eject_after=3)
+    assert not b.failed("r0") and not b.failed("r0")
+    b.succeeded("r0", 0.01)
+    assert not b.failed("r0") and not b.failed("r0")
+    assert b.failed("r0")  # third in a row
+    assert [r.address for r in b.live()] == ["r1"]
+    assert all(b.pick() == "r1" for _ in range(20))
+    assert b.pick(exclude={"r1"}) is None
+
+
+def test_ejected_replica_is_probed_once_per_interval_and_restored() -> None:
+    clock = Clock()
+    b = balancer(2, eject_after=1, clock=clock)
+    assert b.failed("r0")
+    assert b.due_for_probe() == []  # not yet: ejected just now
+    clock.now += 1.0
+    assert b.due_for_probe() == ["r0"]
+    assert b.due_for_probe() == []  # already probed in this interval
+    b.restore("r0")
+    assert {r.address for r in b.live()} == {"r0", "r1"}
+    assert b.replicas["r0"].ejections == 1
+
+
+def test_membership_changes_keep_known_state() -> None:
+    b = balancer(2)
+    b.succeeded("r0", 0.05)
+    added, removed = b.set_addresses(["r0", "r2"])
+    assert (added, removed) == (["r2"], ["r1"])
+    assert b.replicas["r0"].ewma_s == 0.05
+    b.end("r1")  # a call that ends after its replica left is harmless
+    assert b.failed("gone") is False
+
+
+def test_no_replica_means_no_pick() -> None:
+    b = balancer(0)
+    assert b.pick() is None
