@@ -1,0 +1,159 @@
+"""``python -m bench all [--quick] [--only NAME,...] [--out FILE.json]``
+
+Runs each benchmark (a module ``bench.<name>`` exposing ``run(quick: bool) -> dict``) in its own
+child process, so one that crashes, hangs past its time limit or leaks threads cannot spoil the
+others: it reports ``{"error": ...}`` instead. Prints one JSON document on stdout (and to
+``--out``), and a short table of the headline figures on stderr.
+
+``python -m bench NAME [--quick]`` runs one benchmark the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench import harness
+
+BENCHMARKS = ("embed", "search", "peers", "balance", "build")
+CHILD = "_one"  # internal subcommand: run one benchmark in this process, JSON on stdout
+
+log = logging.getLogger("bench")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("target", choices=("all", *BENCHMARKS, CHILD),
+                        help="'all' or one benchmark name")
+    parser.add_argument("name", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="CI-sized data and load periods")
+    parser.add_argument("--only", default="", help="comma-separated subset of: "
+                        + ",".join(BENCHMARKS))
+    parser.add_argument("--out", help="also write the JSON document to this file")
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get(
+        "CBIR_BENCH_TIMEOUT_S", "420")), help="seconds each benchmark may take (default 420)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="benchmark logs on stderr")
+    return parser
+
+
+def _run_in_process(name: str, quick: bool) -> dict[str, Any]:
+    module = importlib.import_module(f"bench.{name}")
+    run = getattr(module, "run", None)
+    if callable(run):
+        return dict(run(quick))
+    # A benchmark module with only a CLI: run it and take the JSON document it prints.
+    cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return _last_json(proc.stdout)
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    """The JSON object printed last on stdout (a table or log lines may precede it)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            doc = json.loads(text[start:])
+            if isinstance(doc, dict):
+                return doc
+        except json.JSONDecodeError:
+            pass
+        start = text.find("\n{", start + 1)
+        start = start + 1 if start != -1 else -1
+    raise ValueError("no JSON object in the output")
+
+
+def _run_child(name: str, quick: bool, timeout_s: float, verbose: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench", CHILD, name, *(["--quick"] if quick else [])]
+    if verbose:
+        cmd.append("--verbose")
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if verbose else
+                              subprocess.PIPE, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s", "wall_s": round(timeout_s, 1)}
+    wall_s = round(time.perf_counter() - started, 1)
+    if proc.returncode != 0:
+        tail = (proc.stderr or "")[-1500:].strip()
+        return {"error": f"exit code {proc.returncode}: {tail}", "wall_s": wall_s}
+    try:
+        result = _last_json(proc.stdout)
+    except ValueError as exc:
+        return {"error": str(exc), "wall_s": wall_s}
+    result.setdefault("wall_s", wall_s)
+    return result
+
+
+def _child_main(name: str, quick: bool) -> int:
+    try:
+        result = _run_in_process(name, quick)
+    except Exception as exc:  # reported as this benchmark's result, the parent carries on
+        log.exception("benchmark %s failed", name)
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _selected(args: argparse.Namespace) -> list[str]:
+    if args.target != "all":
+        return [args.target]
+    if not args.only:
+        return list(BENCHMARKS)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"python -m bench: unknown benchmark(s): {', '.join(unknown)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.target == CHILD:
+        return _child_main(args.name, args.quick)
+    doc: dict[str, Any] = {"quick": args.quick, "machine": harness.machine_info(),
+                           "benchmarks": {}}
+    for name in _selected(args):
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        doc["benchmarks"][name] = _run_child(name, args.quick, args.timeout, args.verbose)
+    doc["targets"] = collect_targets(doc["benchmarks"])
+    text = json.dumps(doc, indent=1, default=_json_default)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    sys.stdout.write(text + "\n")
+    sys.stderr.write(harness.render_table(doc))
+    return 0
+
+
+def collect_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every benchmark's ``targets`` entries, prefixed with its name."""
+    out: dict[str, Any] = {}
+    for name, result in results.items():
+        for key, value in (result.get("targets") or {}).items():
+            out[f"{name}.{key}"] = value
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
