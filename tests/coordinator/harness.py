@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import threading
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import dns.message
+import dns.rcode
+import dns.rrset
 import grpc
 import numpy as np
 
@@ -141,19 +145,20 @@ class FakeShardServicer(cbir_pb2_grpc.ShardServicer):
 class FakeReplica:
     """One replica: a real gRPC server with health; can be stopped and restarted on its port."""
 
-    def __init__(self, servicer: FakeShardServicer) -> None:
+    def __init__(self, servicer: FakeShardServicer, host: str = "127.0.0.1", port: int = 0) -> None:
         self.servicer = servicer
-        self.port = 0
+        self.host = host
+        self.port = port
         self.serving: Serving | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     async def start(self) -> str:
         self.serving = Serving(["cbir.v1.Shard"])
         cbir_pb2_grpc.add_ShardServicer_to_server(self.servicer, self.serving.server)
-        self.port = self.serving.bind("127.0.0.1", self.port)
+        self.port = self.serving.bind(self.host, self.port)
         await self.serving.start()
         await self.serving.set_serving(True)
         return self.address
@@ -244,3 +249,34 @@ def start_cluster(
         return server
 
     return Cluster(loop, data, reps, loop.run(start()), emb)
+
+
+class TinyDnsServer:
+    """A real UDP DNS server on 127.0.0.1 answering A queries from a dict (dnspython wire)."""
+
+    def __init__(self, records: dict[str, list[str]]) -> None:
+        self.records = records
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                wire, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(wire)
+            reply = dns.message.make_response(query)
+            name = query.question[0].name.to_text().rstrip(".")
+            if name in self.records:
+                reply.answer.append(dns.rrset.from_text_list(
+                    query.question[0].name, 5, "IN", "A", self.records[name]))
+            else:
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+            self.sock.sendto(reply.to_wire(), peer)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def ids(result: SearchResult) -> list[int]:
     return [h.image_id for h in result.hits]
 
 
-def wait_for(predicate, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if predicate():

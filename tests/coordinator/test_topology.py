@@ -2,23 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import dns.message
-import dns.rcode
-import dns.rrset
 import pytest
 
 from cbir.errors import InvalidArgument
 from coordinator.topology import (
     DnsTopology,
+    HostResolver,
     StaticTopology,
     dnspython_resolver,
     load_topology_file,
 )
+from tests.coordinator.harness import TinyDnsServer
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -100,37 +97,6 @@ def test_bad_dns_templates(template: str) -> None:
         DnsTopology(template, 2, FakeResolver({}))
 
 
-class TinyDnsServer:
-    """A real UDP DNS server on 127.0.0.1 answering A queries from a dict (dnspython wire)."""
-
-    def __init__(self, records: dict[str, list[str]]) -> None:
-        self.records = records
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                wire, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            query = dns.message.from_wire(wire)
-            reply = dns.message.make_response(query)
-            name = query.question[0].name.to_text().rstrip(".")
-            if name in self.records:
-                reply.answer.append(dns.rrset.from_text_list(
-                    query.question[0].name, 5, "IN", "A", self.records[name]))
-            else:
-                reply.set_rcode(dns.rcode.NXDOMAIN)
-            self.sock.sendto(reply.to_wire(), peer)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def dns_server() -> Iterator[TinyDnsServer]:
     server = TinyDnsServer({"shard-0.cbir.test": ["127.0.0.2", "127.0.0.3"],
@@ -147,4 +113,8 @@ def test_dnspython_resolver_asks_the_given_server(dns_server: TinyDnsServer) -> 
         1: ("127.0.0.4:7000",),
         2: (),  # NXDOMAIN: no replica
     }
-    assert asyncio.run(resolve("127.0.0.9")) == ["127.0.0.9"]  # literals skip DNS
+    assert asyncio.run(_call(resolve, "127.0.0.9")) == ["127.0.0.9"]  # literals skip DNS
+
+
+async def _call(resolve: HostResolver, host: str) -> list[str]:
+    return await resolve(host)
