@@ -1,0 +1,202 @@
+"""Every overlay renders with the real kubectl, validates strictly against the Kubernetes 1.32
+schemas offline, and means what it should: shard Services/PDBs/probes, coordinator discovery,
+Indexed Job size, Spark wiring, no credentials."""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploy.params import OverlayParams, load_params
+from tests.deploy.manifests import (
+    K8S_VERSION,
+    OVERLAYS,
+    Doc,
+    check_coordinator,
+    check_no_credentials,
+    check_shard,
+    component,
+    container,
+    expand,
+    flag,
+    kustomize,
+    named,
+    of_kind,
+)
+
+OVERLAY_NAMES = sorted(p.name for p in OVERLAYS.iterdir() if (p / "overlay.toml").exists())
+KUSTOMIZATIONS = ["", "jobs/backfill", "jobs/build-index"]
+
+
+@cache
+def rendered(overlay: str, part: str = "") -> list[Doc]:
+    return kustomize(OVERLAYS / overlay / part)
+
+
+def params_of(overlay: str) -> OverlayParams:
+    return load_params(OVERLAYS / overlay / "overlay.toml")
+
+
+def test_dev_and_prod_overlays_exist() -> None:
+    assert {"dev", "prod"} <= set(OVERLAY_NAMES)
+    assert (params_of("dev").shards, params_of("dev").replicas) == (2, 2)
+    assert (params_of("prod").shards, params_of("prod").replicas) == (8, 3)
+
+
+@pytest.mark.parametrize("part", KUSTOMIZATIONS)
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_renders_and_validates_strictly(overlay: str, part: str) -> None:
+    docs = rendered(overlay, part)
+    assert docs
+    for doc in docs:
+        # Raises on any unknown field, wrong type or missing schema (strict: no extra fields).
+        assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == params_of(overlay).namespace
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == overlay
+
+
+def test_strict_validation_rejects_a_typo() -> None:
+    doc = copy.deepcopy(named(rendered("dev"), "Deployment", "cbir-shard-0"))
+    doc["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"grpc": {"port": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_every_shard_has_matching_service_pdb_probes(overlay: str) -> None:
+    docs, params = rendered(overlay), params_of(overlay)
+    assert len(component(docs, "Deployment", "shard")) == params.shards
+    for shard in range(params.shards):
+        assert check_shard(docs, shard) == []
+        dep = named(docs, "Deployment", f"cbir-shard-{shard}")
+        assert dep["spec"]["replicas"] == params.replicas
+        resources = container(dep)["resources"]
+        assert resources["requests"]["memory"] == params.shard_memory == \
+            resources["limits"]["memory"]
+        assert flag(container(dep)["args"], "index") == params.index_uri
+
+
+def test_shard_check_catches_a_wrong_selector() -> None:
+    docs = copy.deepcopy(rendered("prod"))
+    named(docs, "Service", "cbir-shard-2")["spec"]["selector"]["cbir.io/shard"] = "3"
+    assert any("Service selects" in p for p in check_shard(docs, 2))
+    named(docs, "Service", "cbir-shard-2")["spec"]["selector"] = {"app.kubernetes.io/name": "cbir"}
+    assert any("Service selects" in p for p in check_shard(docs, 2))
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_coordinator_discovers_exactly_the_shard_services(overlay: str) -> None:
+    docs, params = rendered(overlay), params_of(overlay)
+    assert check_coordinator(docs, params.namespace) == []
+    dep = named(docs, "Deployment", "cbir-coordinator")
+    ctr = container(dep)
+    probes = [ctr[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+    assert {p["port"] for p in probes} == {c["containerPort"] for c in ctr["ports"]
+                                         if c["name"] == "grpc"}
+    assert probes[1]["service"] == "cbir.v1.Coordinator"
+    hpa = named(docs, "HorizontalPodAutoscaler", "cbir-coordinator")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] == params.coordinator_min_replicas
+    pdb = named(docs, "PodDisruptionBudget", "cbir-coordinator")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= \
+        dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_coordinator_check_catches_a_shard_count_mismatch() -> None:
+    docs = copy.deepcopy(rendered("dev"))
+    cm = next(d for d in of_kind(docs, "ConfigMap")
+              if d["metadata"]["name"].startswith("cbir-coordinator-config"))
+    cm["data"]["CBIR_SHARDS"] = "3"
+    assert check_coordinator(docs, "cbir-dev")
+    cm["data"]["CBIR_SHARDS"] = "2"
+    cm["data"]["CBIR_SHARD_DNS"] = "cbir-shard-{shard}.default.svc.cluster.local:50051"
+    assert check_coordinator(docs, "cbir-dev")
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_index_build_is_one_indexed_pod_per_shard(overlay: str) -> None:
+    shards = len(component(rendered(overlay), "Deployment", "shard"))
+    job = named(rendered(overlay, "jobs/build-index"), "Job", "cbir-build-index")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == shards == params_of(overlay).shards
+    assert 1 <= job["spec"]["parallelism"] <= shards
+    ctr = container(job)
+    assert flag(ctr["args"], "shards") == str(shards)
+    assert flag(ctr["args"], "shard-only") == "$(SHARD_INDEX)"
+    index_env = next(e for e in ctr["env"] if e["name"] == "SHARD_INDEX")
+    assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def _spark_conf(docs: list[Doc]) -> dict[str, str]:
+    cm = next(d for d in of_kind(docs, "ConfigMap")
+              if d["metadata"]["name"].startswith("cbir-spark-conf"))
+    lines = [ln.split(None, 1) for ln in cm["data"]["spark-defaults.conf"].splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    return {k: v.strip() for k, v in lines}
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_backfill_runs_spark_on_kubernetes_with_rbac(overlay: str) -> None:
+    docs, params = rendered(overlay, "jobs/backfill"), params_of(overlay)
+    job = named(docs, "Job", "cbir-backfill")
+    pod, ctr = job["spec"]["template"]["spec"], container(job)
+    assert flag(ctr["args"], "master") == "k8s://https://kubernetes.default.svc"
+    conf = _spark_conf(docs)
+    assert conf["spark.kubernetes.namespace"] == params.namespace
+    assert conf["spark.kubernetes.container.image"] == ctr["image"]  # executors run our image
+    env = {e["name"]: e for e in ctr["env"]}
+    submit = expand([env["PYSPARK_SUBMIT_ARGS"]["value"]], {"POD_IP": "10.0.0.7"})[0]
+    assert "spark.driver.host=10.0.0.7" in submit
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    # The executor pod template is mounted where spark-defaults.conf says, and is a valid Pod.
+    mount = next(m for m in ctr["volumeMounts"] if m["mountPath"] == env["SPARK_CONF_DIR"]["value"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    cm = named(docs, "ConfigMap", volume["configMap"]["name"])
+    template_path = Path(conf["spark.kubernetes.executor.podTemplateFile"])
+    assert template_path.parent == Path(mount["mountPath"])
+    executor = yaml.safe_load(cm["data"][template_path.name])
+    kubernetes_validate.validate(executor, K8S_VERSION, strict=True)
+    assert executor["spec"]["containers"][0]["name"] == \
+        conf["spark.kubernetes.executor.podTemplateContainerName"]
+    # The driver's ServiceAccount may create executor pods (RBAC lives in the serving overlay).
+    serving = rendered(overlay)
+    sa = pod["serviceAccountName"]
+    binding = next(b for b in of_kind(serving, "RoleBinding")
+                   if any(s["name"] == sa for s in b["subjects"]))
+    role = named(serving, "Role", binding["roleRef"]["name"])
+    assert any("pods" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
+    if params.spark_executor_gpus:
+        assert conf["spark.executor.resource.gpu.vendor"] == "nvidia.com"
+        assert int(conf["spark.executor.resource.gpu.amount"]) == params.spark_executor_gpus
+        assert float(conf["spark.task.resource.gpu.amount"]) > 0
+
+
+def test_prod_executors_use_gpus() -> None:
+    assert params_of("prod").spark_executor_gpus >= 1
+    assert "spark.executor.resource.gpu.amount" in _spark_conf(
+        rendered("prod", "jobs/backfill"))
+
+
+@pytest.mark.parametrize("part", KUSTOMIZATIONS)
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_no_credentials_in_manifests(overlay: str, part: str) -> None:
+    docs = rendered(overlay, part)
+    assert check_no_credentials(docs) == []
+    secret = params_of(overlay).s3_secret
+    for workload in of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        refs = [e["secretRef"]["name"] for e in container(workload).get("envFrom", [])]
+        assert refs == [secret], f"{workload['metadata']['name']} gets S3 settings from {refs}"
+
+
+def test_credential_check_catches_a_literal_key() -> None:
+    docs = copy.deepcopy(rendered("dev"))
+    ctr = named(docs, "Deployment", "cbir-shard-0")["spec"]["template"]["spec"]["containers"][0]
+    ctr["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"})
+    assert check_no_credentials(docs)
