@@ -4,6 +4,7 @@ asyncio; the clock and the random source are injected so tests are deterministic
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -11,12 +12,15 @@ from dataclasses import dataclass
 
 from coordinator.config import BalancerConfig
 
+STALE_WEIGHT = 0.05  # ~3 decay times
+
 
 @dataclass
 class ReplicaState:
     address: str
     in_flight: int = 0
     ewma_s: float | None = None
+    last_sample: float = 0.0
     consecutive_failures: int = 0
     ejected: bool = False
     last_probe: float = 0.0
@@ -56,8 +60,17 @@ class ShardBalancer:
 
     # ------------------------------------------------------------- choice
 
-    def _cost(self, replica: ReplicaState, default_latency: float) -> float:
-        latency = replica.ewma_s if replica.ewma_s is not None else default_latency
+    def _cost(self, replica: ReplicaState, default_latency: float, now: float) -> float:
+        weight = 0.0
+        if replica.ewma_s is not None:
+            weight = math.exp(-(now - replica.last_sample) / self.config.ewma_decay_s)
+        if replica.ewma_s is None or weight < STALE_WEIGHT:
+            latency = default_latency
+        else:
+            # Old samples fade towards the default, so a replica that is never picked because
+            # it once looked slow gets picked (and re-measured) again; past STALE_WEIGHT it is
+            # treated as unmeasured, i.e. exactly as fast as the fastest.
+            latency = weight * replica.ewma_s + (1 - weight) * default_latency
         return (replica.in_flight + 1) * latency
 
     def pick(self, exclude: Iterable[str] = ()) -> str | None:
@@ -68,11 +81,12 @@ class ShardBalancer:
             return None
         if len(candidates) == 1:
             return candidates[0].address
+        now = self._clock()
         known = [r.ewma_s for r in candidates if r.ewma_s is not None]
         # Unmeasured replicas look as fast as the fastest measured one, so they get tried.
         default_latency = min(known) if known else 1.0
         a, b = self._rng.sample(candidates, 2)
-        cost_a, cost_b = self._cost(a, default_latency), self._cost(b, default_latency)
+        cost_a, cost_b = self._cost(a, default_latency, now), self._cost(b, default_latency, now)
         if cost_a == cost_b:
             return a.address if a.in_flight <= b.in_flight else b.address
         return a.address if cost_a < cost_b else b.address
@@ -98,6 +112,7 @@ class ShardBalancer:
             latency_s if replica.ewma_s is None
             else alpha * latency_s + (1 - alpha) * replica.ewma_s
         )
+        replica.last_sample = self._clock()
         replica.consecutive_failures = 0
 
     def failed(self, address: str) -> bool:

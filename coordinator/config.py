@@ -15,6 +15,9 @@ class BalancerConfig:
     reprobe_interval_s: float = 1.0
     # Weight of the newest latency sample in the EWMA.
     ewma_alpha: float = 0.3
+    # A latency sample this old counts for ~37% (e^-1): a replica that looked slow once (e.g.
+    # its first call paid for the connection) is tried again instead of being starved.
+    ewma_decay_s: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,7 @@ def start_cluster(
     hedge_after_ms: float | None = None,
     embedder: FakeEmbedder | None = None,
     reprobe_interval_s: float = 0.2,
+    ewma_decay_s: float = 2.0,
     versions: Sequence[str] | None = None,
     **config: Any,
 ) -> Cluster:
@@ -237,7 +238,8 @@ def start_cluster(
     topology = {s: tuple(r.address for r in shard) for s, shard in enumerate(reps)}
     cfg = CoordinatorConfig(
         num_shards=num_shards, port=0, hedge_after_ms=hedge_after_ms,
-        balancer=BalancerConfig(reprobe_interval_s=reprobe_interval_s), resolve_interval_s=0.5,
+        balancer=BalancerConfig(reprobe_interval_s=reprobe_interval_s,
+                                ewma_decay_s=ewma_decay_s), resolve_interval_s=0.5,
         **config,
     )
     emb = embedder or FakeEmbedder()

@@ -35,6 +35,17 @@ def test_p2c_prefers_the_faster_replica() -> None:
     assert all(b.pick() == "r1" for _ in range(50))
 
 
+def test_a_stale_slow_sample_fades_so_the_replica_is_tried_again() -> None:
+    clock = Clock()
+    b = balancer(2, clock=clock)
+    b.succeeded("r0", 0.050)  # e.g. its first call paid for the connection
+    b.succeeded("r1", 0.001)
+    assert all(b.pick() == "r1" for _ in range(20))
+    clock.now += 30.0  # r0's sample is 15 decay times old; r1's too, but both fade to 1 ms
+    b.succeeded("r1", 0.001)
+    assert "r0" in {b.pick() for _ in range(50)}
+
+
 def test_p2c_spreads_load_over_equal_replicas() -> None:
     b = balancer(4)
     picks = [b.pick() for _ in range(400)]
