@@ -1,0 +1,56 @@
+"""``cbir serve-shard`` / ``python -m shard_server``: serve one shard's index over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+
+from cbir.faiss_params import EF_SEARCH, NPROBE
+from cbir.limits import DEFAULT_LIMITS
+from shard_server.batcher import BatchConfig
+from shard_server.index_store import Expectations
+from shard_server.searcher import SearcherConfig
+from shard_server.server import ServerConfig, main_async
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, help="index root (path or s3://), holds shard=NNN/")
+    parser.add_argument("--shard", type=int, required=True, help="which shard to serve")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="0 = any free port")
+    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus port; 0 = off")
+    parser.add_argument("--expect-dim", type=int, default=None,
+                        help="refuse an index of another dim")
+    parser.add_argument("--expect-model-version", default=None,
+                        help="refuse an index built with another model version")
+    parser.add_argument("--nprobe", type=int, default=0,
+                        help="default IVF nprobe (0 = the manifest's tuned value)")
+    parser.add_argument("--ef-search", type=int, default=0,
+                        help="default HNSW efSearch (0 = the manifest's tuned value)")
+    parser.add_argument("--drain-seconds", type=float, default=5.0,
+                        help="on SIGTERM, how long in-flight calls may finish")
+    parser.add_argument("--search-threads", type=int, default=2)
+    parser.add_argument("--batch-window-ms", type=float, default=0.0,
+                        help="extra wait to batch concurrent queries (queued ones always batch)")
+    parser.add_argument("--batch-max-rows", type=int, default=256)
+    parser.add_argument("--no-batching", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    defaults = {name: value for name, value in ((NPROBE, args.nprobe),
+                                                (EF_SEARCH, args.ef_search)) if value > 0}
+    searcher = SearcherConfig(
+        shard=args.shard,
+        expect=Expectations(args.expect_dim, args.expect_model_version),
+        default_params=defaults,
+        limits=DEFAULT_LIMITS,
+        batch=BatchConfig(not args.no_batching, args.batch_window_ms / 1000,
+                          args.batch_max_rows),
+        threads=args.search_threads,
+    )
+    return ServerConfig(index_uri=args.index, searcher=searcher, host=args.host,
+                        port=args.port, metrics_port=args.metrics_port,
+                        drain_s=args.drain_seconds)
+
+
+def run(args: argparse.Namespace) -> int:
+    return main_async(config_from_args(args))

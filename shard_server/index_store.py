@@ -1,0 +1,195 @@
+"""Loading one shard's index from a local path or s3:// and holding the serving version.
+
+A load is all-or-nothing: the manifest is validated (shard number, dim, model version against
+what this server was told to expect), the index file is downloaded to a temporary directory and
+its sha256 checked against the manifest before Faiss reads it, and the id -> key table must
+match the index's size. ``IndexStore.swap`` replaces the serving version by one reference
+assignment; searches that already hold the old ``LoadedIndex`` finish on it, and it is freed
+when the last of them drops it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cbir import index_layout, storage
+from cbir.errors import FailedPrecondition, ModelMismatch, NotFound, Unavailable
+from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the coordinator serves; an index built otherwise is refused."""
+
+    dim: int | None = None
+    model_version: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedIndex:
+    index: Any  # faiss.Index; read-only once loaded (searches share it)
+    manifest: ShardManifest
+    uri: str
+    ids: np.ndarray  # int64, sorted: the ids held, for key lookup and GetVectors membership
+    keys: pa.Array  # string, aligned with ids
+    memory_bytes: int
+
+    @property
+    def version(self) -> str:
+        return self.manifest.index_version
+
+    def positions(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in the id table, found mask) for each id; -1 and unknown ids are not found."""
+        pos = np.searchsorted(self.ids, image_ids)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        found = (image_ids >= 0) & (len(self.ids) > 0)
+        if len(self.ids):
+            found &= self.ids[pos] == image_ids
+        return pos, found
+
+    def keys_of(self, image_ids: np.ndarray) -> list[str]:
+        """Keys for a flat id array; "" where the id is -1 (no result) or unknown."""
+        flat = image_ids.reshape(-1)
+        pos, found = self.positions(flat)
+        if not len(self.ids):
+            return [""] * len(flat)
+        keys = self.keys.take(pa.array(pos)).to_pylist()
+        return [k if ok else "" for k, ok in zip(keys, found.tolist(), strict=True)]
+
+
+def check_expectations(manifest: ShardManifest, expect: Expectations, where: str) -> None:
+    if expect.dim is not None and manifest.dim != expect.dim:
+        raise ModelMismatch(f"{where}: index dim {manifest.dim} != expected dim {expect.dim}")
+    if expect.model_version is not None and manifest.model_version != expect.model_version:
+        raise ModelMismatch(
+            f"{where}: index built with model version {manifest.model_version!r}, "
+            f"this server expects {expect.model_version!r}"
+        )
+    if manifest.metric != "ip":
+        raise FailedPrecondition(f"{where}: metric {manifest.metric!r} is not served (only ip)")
+
+
+def _fetch(uri: str, directory: str) -> str:
+    """A local file holding ``uri``: the path itself, or a streamed download from S3."""
+    if not storage.is_s3(uri):
+        if not Path(uri).is_file():
+            raise NotFound(f"no such file: {uri}")
+        return uri
+    loc = storage.parse_s3(uri)
+    dest = str(Path(directory) / Path(loc.key).name)
+    client = storage.s3_client()
+    try:
+        client.download_file(loc.bucket, loc.key, dest)
+    except client.exceptions.ClientError as exc:
+        raise NotFound(f"cannot download {uri}: {exc}") from exc
+    return dest
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_index(path: str, manifest: ShardManifest, where: str) -> Any:
+    if (actual := _sha256_file(path)) != manifest.checksum:
+        raise FailedPrecondition(
+            f"{where}: index.faiss checksum {actual[:12]}... != manifest {manifest.checksum[:12]}"
+            "... (corrupt or partially written index)"
+        )
+    try:
+        index = faiss.read_index(path)
+    except RuntimeError as exc:
+        raise FailedPrecondition(f"{where}: Faiss cannot read index.faiss: {exc}") from exc
+    if index.d != manifest.dim or index.ntotal != manifest.count:
+        raise FailedPrecondition(
+            f"{where}: index holds {index.ntotal} x {index.d}, manifest says "
+            f"{manifest.count} x {manifest.dim}"
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise FailedPrecondition(f"{where}: index metric is not inner product")
+    return index
+
+
+def _enable_reconstruct(index: Any) -> None:
+    """GetVectors reconstructs by image id: IVF indexes need an id -> (list, offset) map; the
+    hash-table kind because image ids are arbitrary 63-bit values (IDMap2 has its own)."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+
+def _read_ids(path: str, manifest: ShardManifest, where: str) -> tuple[np.ndarray, pa.Array]:
+    table = pq.read_table(path, columns=["image_id", "key"])
+    ids = table.column("image_id").to_numpy().astype(np.int64)
+    if len(ids) != manifest.count:
+        raise FailedPrecondition(f"{where}: ids.parquet has {len(ids)} rows, not {manifest.count}")
+    if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+        raise FailedPrecondition(f"{where}: ids.parquet is not sorted by unique image_id")
+    return ids, table.column("key").combine_chunks()
+
+
+def load_shard(index_uri: str, shard: int, expect: Expectations) -> LoadedIndex:
+    """Load and verify ``index_uri``/shard=NNN/; raise a typed error saying what is wrong."""
+    where = index_layout.shard_uri(index_uri, shard)
+    manifest_uri = storage.join(where, INDEX_MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise NotFound(f"no index for shard {shard} at {index_uri}: {manifest_uri} is missing")
+    manifest = read_manifest(manifest_uri, ShardManifest)
+    if manifest.shard != shard:
+        raise FailedPrecondition(f"{where}: manifest is for shard {manifest.shard}, not {shard}")
+    check_expectations(manifest, expect, where)
+    with tempfile.TemporaryDirectory(prefix="cbir-shard-") as tmp:
+        index_path = _fetch(storage.join(where, index_layout.INDEX_FILE), tmp)
+        index = _read_index(index_path, manifest, where)
+        index_bytes = os.path.getsize(index_path)  # ~ its size in RAM
+        ids, keys = _read_ids(_fetch(storage.join(where, index_layout.IDS_FILE), tmp),
+                              manifest, where)
+    _enable_reconstruct(index)
+    memory = index_bytes + int(ids.nbytes) + int(keys.nbytes)
+    log.info("loaded %s: %d x %d %s (%s)", where, manifest.count, manifest.dim,
+             manifest.factory, manifest.index_version)
+    return LoadedIndex(index, manifest, index_uri, ids, keys, memory)
+
+
+class IndexStore:
+    """The serving version; swapping is one reference assignment under a lock."""
+
+    def __init__(self) -> None:
+        self._current: LoadedIndex | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    def current(self) -> LoadedIndex:
+        current = self._current
+        if current is None:
+            raise Unavailable("index not loaded yet")
+        return current
+
+    def swap(self, new: LoadedIndex) -> LoadedIndex | None:
+        with self._lock:
+            old, self._current = self._current, new
+        return old

@@ -1,0 +1,48 @@
+"""Prometheus metrics of one shard server (its own registry, so several servers can live in one
+process - the tests run many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from shard_server.index_store import LoadedIndex
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ShardMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cbir_shard_requests", "RPCs by method and status code", ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cbir_shard_request_seconds", "RPC latency by method", ["method"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.queries = Counter(
+            "cbir_shard_queries", "query vectors searched", registry=self.registry
+        )
+        self.vectors = Gauge("cbir_shard_index_vectors", "vectors held", registry=self.registry)
+        self.memory = Gauge(
+            "cbir_shard_index_bytes", "approximate index + id table size", registry=self.registry
+        )
+        self.version = Gauge(
+            "cbir_shard_index_info", "1 for the serving index version", ["index_version", "shard"],
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def index_loaded(self, loaded: LoadedIndex) -> None:
+        self.vectors.set(loaded.manifest.count)
+        self.memory.set(loaded.memory_bytes)
+        self.version.clear()
+        self.version.labels(loaded.version, str(loaded.manifest.shard)).set(1)
+
+    def serve(self, port: int, host: str) -> None:
+        """Expose /metrics over HTTP (a daemon thread)."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,196 @@
+"""The shard's search core (no grpc): request validation, search, ids -> keys, GetVectors,
+stats and index swaps.
+
+Queries are expected L2-normalised (the coordinator embeds and normalises them; the score is
+then the cosine similarity). Nothing is normalised here silently: a caller that sends raw
+vectors gets inner products, which is what it asked for. Non-finite values are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from cbir.faiss_params import EF_SEARCH, NPROBE, search_parameters
+from cbir.limits import DEFAULT_LIMITS, Limits
+from shard_server.batcher import BatchConfig, MicroBatcher
+from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
+
+log = logging.getLogger(__name__)
+
+MAX_EF_SEARCH = 16_384
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    ids: np.ndarray  # int64 (n, k), -1 = no result
+    scores: np.ndarray  # float32 (n, k)
+    keys: list[str]  # n * k, "" where id = -1
+    index_version: str
+
+
+@dataclass(frozen=True)
+class VectorsResult:
+    ids: list[int]
+    vectors: np.ndarray  # float32 (len(ids), dim)
+    keys: list[str]
+    missing: list[int]
+    dim: int
+
+
+@dataclass(frozen=True)
+class SearcherConfig:
+    shard: int
+    expect: Expectations = Expectations()
+    default_params: dict[str, int] = field(default_factory=dict)  # overrides the manifest's
+    limits: Limits = DEFAULT_LIMITS
+    batch: BatchConfig = BatchConfig()
+    threads: int = 2
+
+
+def decode_queries(data: bytes, dim: int, index_dim: int, limits: Limits) -> np.ndarray:
+    """Packed float32 LE bytes -> (n, dim) array, every limit checked with a clear message."""
+    if dim != index_dim:
+        raise InvalidArgument(f"query dim {dim} != index dim {index_dim}")
+    row_bytes = dim * 4
+    if not data:
+        raise InvalidArgument("no query vectors")
+    if len(data) % row_bytes:
+        raise InvalidArgument(
+            f"vectors has {len(data)} bytes, not a multiple of dim*4 = {row_bytes}"
+        )
+    n = len(data) // row_bytes
+    if n > limits.max_batch:
+        raise ResourceExhausted(f"{n} query vectors > max batch {limits.max_batch}")
+    queries = np.frombuffer(data, dtype="<f4").reshape(n, dim)
+    if not np.isfinite(queries).all():
+        raise InvalidArgument("query vectors contain NaN or infinity")
+    return np.ascontiguousarray(queries, dtype=np.float32)
+
+
+def check_k(k: int, limits: Limits) -> None:
+    if k <= 0 or k > limits.max_k:
+        raise InvalidArgument(f"k must be in 1..{limits.max_k}, got {k}")
+
+
+def merge_params(defaults: dict[str, int], requested: dict[str, int]) -> dict[str, int]:
+    """Per-request values win over defaults; 0 means "the default"; negatives are refused."""
+    for name, value in requested.items():
+        if value < 0:
+            raise InvalidArgument(f"{name} must be >= 0, got {value}")
+    if requested.get(EF_SEARCH, 0) > MAX_EF_SEARCH:
+        raise InvalidArgument(f"ef_search must be <= {MAX_EF_SEARCH}")
+    out = dict(defaults)
+    out.update({name: value for name, value in requested.items() if value > 0})
+    return out
+
+
+def run_search(
+    loaded: LoadedIndex, queries: np.ndarray, k: int, params: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One Faiss call (thread-safe: parameters go per call, the index is never mutated)."""
+    scores, ids = loaded.index.search(queries, k, params=search_parameters(loaded.index, params))
+    return scores, ids
+
+
+def reconstruct(loaded: LoadedIndex, image_ids: list[int]) -> np.ndarray:
+    """Stored vectors by id (exact for Flat/HNSW/IVF-Flat, approximate for SQ/PQ codes)."""
+    out = np.empty((len(image_ids), loaded.manifest.dim), dtype=np.float32)
+    for row, image_id in enumerate(image_ids):
+        out[row] = loaded.index.reconstruct(int(image_id))
+    return out
+
+
+class ShardSearcher:
+    """Owns the serving index and the search executor; the servicer only translates."""
+
+    def __init__(self, config: SearcherConfig) -> None:
+        self.config = config
+        self.store = IndexStore()
+        self.queries_served = 0
+        self._executor = ThreadPoolExecutor(config.threads, thread_name_prefix="cbir-faiss")
+        self._batcher = MicroBatcher(run_search, self._executor, config.batch)
+        self._load_lock = asyncio.Lock()
+
+    def defaults(self, loaded: LoadedIndex) -> dict[str, int]:
+        return {**loaded.manifest.search_params, **self.config.default_params}
+
+    async def search(self, data: bytes, dim: int, k: int, params: dict[str, int],
+                     index_version: str = "") -> SearchResult:
+        loaded = self.store.current()
+        if index_version and index_version != loaded.version:
+            raise FailedPrecondition(
+                f"index version {index_version!r} requested, {loaded.version!r} is serving"
+            )
+        check_k(k, self.config.limits)
+        queries = decode_queries(data, dim, loaded.manifest.dim, self.config.limits)
+        merged = merge_params(self.defaults(loaded), params)
+        scores, ids = await self._batcher.search(loaded, queries, k, merged)
+        self.queries_served += len(queries)
+        return SearchResult(ids, scores, loaded.keys_of(ids), loaded.version)
+
+    async def get_vectors(self, image_ids: list[int]) -> VectorsResult:
+        loaded = self.store.current()
+        if len(image_ids) > self.config.limits.max_batch:
+            raise ResourceExhausted(
+                f"{len(image_ids)} ids > max batch {self.config.limits.max_batch}"
+            )
+        wanted = np.asarray(image_ids, dtype=np.int64)
+        _, found = loaded.positions(wanted)
+        hits = wanted[found].tolist()
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self._executor, reconstruct, loaded, hits)
+        keys = loaded.keys_of(wanted[found])
+        return VectorsResult(hits, vectors, keys, wanted[~found].tolist(), loaded.manifest.dim)
+
+    async def load(self, index_uri: str) -> tuple[LoadedIndex, LoadedIndex | None]:
+        """Load ``index_uri`` beside the serving version, check it, swap; the old one keeps
+        serving if anything fails. Returns (new, old)."""
+        async with self._load_lock:
+            new = await asyncio.to_thread(load_shard, index_uri, self.config.shard,
+                                          self.config.expect)
+            old = self.store.current() if self.store.loaded else None
+            if old is not None:
+                check_compatible(old, new)
+            await asyncio.to_thread(smoke_test, new)
+            self.store.swap(new)
+            log.info("serving %s (was %s)", new.version, old.version if old else None)
+            return new, old
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_compatible(old: LoadedIndex, new: LoadedIndex) -> None:
+    """A swap must not change what the coordinator's queries mean."""
+    if new.manifest.dim != old.manifest.dim:
+        raise FailedPrecondition(
+            f"new index dim {new.manifest.dim} != serving dim {old.manifest.dim}"
+        )
+    if new.manifest.model_version != old.manifest.model_version:
+        raise FailedPrecondition(
+            f"new index model version {new.manifest.model_version!r} != serving "
+            f"{old.manifest.model_version!r}"
+        )
+    if new.manifest.num_shards != old.manifest.num_shards:
+        raise FailedPrecondition(
+            f"new index has {new.manifest.num_shards} shards, serving has "
+            f"{old.manifest.num_shards}"
+        )
+
+
+def smoke_test(loaded: LoadedIndex) -> None:
+    """One real query through the new index before it serves: a stored vector must come back
+    with finite scores and known ids."""
+    if loaded.manifest.count == 0:
+        return
+    query = reconstruct(loaded, [int(loaded.ids[0])])
+    scores, ids = run_search(loaded, query, 1, loaded.manifest.search_params)
+    if ids[0, 0] < 0 or not np.isfinite(scores).all() or not loaded.positions(ids[0])[1].all():
+        raise FailedPrecondition(f"smoke query on {loaded.uri} returned no valid result")

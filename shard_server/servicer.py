@@ -1,0 +1,115 @@
+"""cbir.v1.Shard servicer: proto <-> domain translation only (the core is ShardSearcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from cbir.faiss_params import EF_SEARCH, NPROBE
+from cbir.rpc.status import grpc_errors, status_for
+from protos import cbir_pb2, cbir_pb2_grpc
+from shard_server.metrics import ShardMetrics
+from shard_server.searcher import ShardSearcher
+
+R = TypeVar("R")
+Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def observed(name: str) -> Callable[[Method[R]], Method[R]]:
+    """Count and time an RPC by status code (sits inside grpc_errors, sees the core's errors)."""
+
+    def decorate(method: Method[R]) -> Method[R]:
+        @functools.wraps(method)
+        async def wrapper(self: ShardServicer, request: Any,
+                          context: grpc.aio.ServicerContext) -> R:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await method(self, request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as exc:
+                code = status_for(exc).name
+                raise
+            finally:
+                self.metrics.observe(name, code, time.perf_counter() - start)
+
+        return wrapper
+
+    return decorate
+
+
+class ShardServicer(cbir_pb2_grpc.ShardServicer):
+    def __init__(self, searcher: ShardSearcher, metrics: ShardMetrics) -> None:
+        self.searcher = searcher
+        self.metrics = metrics
+
+    @grpc_errors
+    @observed("Search")
+    async def Search(  # noqa: N802 (grpc naming)
+        self, request: cbir_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.ShardSearchResponse:
+        params = {NPROBE: request.params.nprobe, EF_SEARCH: request.params.ef_search}
+        result = await self.searcher.search(
+            request.vectors, request.dim, request.k, params, request.index_version
+        )
+        self.metrics.queries.inc(len(result.ids))
+        return cbir_pb2.ShardSearchResponse(
+            shard=self.searcher.config.shard,
+            num_queries=len(result.ids),
+            k=request.k,
+            ids=result.ids.astype("<i8").tobytes(),
+            scores=result.scores.astype("<f4").tobytes(),
+            keys=result.keys,
+            index_version=result.index_version,
+            metric="ip",
+        )
+
+    @grpc_errors
+    @observed("GetVectors")
+    async def GetVectors(  # noqa: N802
+        self, request: cbir_pb2.GetVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.GetVectorsResponse:
+        result = await self.searcher.get_vectors(list(request.image_ids))
+        return cbir_pb2.GetVectorsResponse(
+            dim=result.dim,
+            image_ids=result.ids,
+            vectors=np.asarray(result.vectors, dtype="<f4").tobytes(),
+            keys=result.keys,
+            missing_ids=result.missing,
+        )
+
+    @grpc_errors
+    @observed("Stats")
+    async def Stats(  # noqa: N802
+        self, request: cbir_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.StatsResponse:
+        loaded = self.searcher.store.current()
+        m = loaded.manifest
+        return cbir_pb2.StatsResponse(
+            shard=m.shard, num_shards=m.num_shards, count=m.count, dim=m.dim, metric=m.metric,
+            factory=m.factory, index_version=m.index_version, model=m.model,
+            model_version=m.model_version, search_params=self.searcher.defaults(loaded),
+            memory_bytes=loaded.memory_bytes, queries_served=self.searcher.queries_served,
+        )
+
+    @grpc_errors
+    @observed("LoadIndex")
+    async def LoadIndex(  # noqa: N802
+        self, request: cbir_pb2.LoadIndexRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.LoadIndexResponse:
+        new, old = await self.searcher.load(request.index_uri)
+        self.metrics.index_loaded(new)
+        return cbir_pb2.LoadIndexResponse(
+            swapped=True,
+            index_version=new.version,
+            previous_version=old.version if old else "",
+            message=f"serving {new.version} ({new.manifest.count} vectors) from {new.uri}",
+        )
