@@ -1,0 +1,112 @@
+"""The backfill driver: plan -> run tasks (sequential or Spark) -> manifest, written last."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from cbir import schema, storage
+from cbir.embedding import describe_model
+from cbir.errors import InvalidArgument
+from jobs.embed import plan
+from jobs.embed.config import BackfillConfig, EmbedTask, TaskResult
+from jobs.embed.distribute import Engine, run_tasks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the CLI gives; ``build_config`` turns it into the frozen config tasks carry."""
+
+    input: str
+    output: str
+    model: str = "efficientnet_lite0"
+    weights: str | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    num_shards: int = 1
+    objects_per_task: int = 256
+    io_threads: int = 8
+    engine: Engine = "spark"
+    master: str | None = None
+
+
+def build_config(opts: JobOptions) -> BackfillConfig:
+    if not storage.is_s3(opts.input):
+        raise InvalidArgument(f"--input must be s3://BUCKET[/PREFIX], got {opts.input!r}")
+    if opts.num_shards <= 0:
+        raise InvalidArgument(f"--num-shards must be positive, got {opts.num_shards}")
+    info = describe_model(opts.model, opts.weights)  # unknown model / missing weights fail here
+    return BackfillConfig(
+        input=opts.input, output=opts.output, model=info.name, model_version=info.version,
+        dim=info.dim, weights=opts.weights, device=opts.device, batch_size=opts.batch_size,
+        num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
+        io_threads=opts.io_threads,
+    )
+
+
+def _plan(config: BackfillConfig) -> tuple[plan.ExistingOutput, list[EmbedTask]]:
+    existing = plan.scan_output(config.output)
+    plan.check_compatible(existing, config)
+    exclude = plan.output_prefix_in(config.input, config.output)
+    objects = list(plan.list_objects(config.input, exclude))
+    bucket = storage.parse_s3(config.input).bucket
+    tasks = plan.make_tasks(bucket, objects, existing.done_keys, config.objects_per_task)
+    log.info("%d objects listed, %d already done, %d tasks to run (%d parts exist)",
+             len(objects), len(existing.done_keys), len(tasks), len(existing.parts))
+    return existing, tasks
+
+
+def _manifest(
+    config: BackfillConfig, existing: plan.ExistingOutput, results: Sequence[TaskResult],
+    engine: Engine, seconds: float,
+) -> schema.EmbedManifest:
+    parts = dict(existing.parts)
+    errors = dict(existing.error_parts)
+    for r in results:  # skipped tasks report the rows their existing part holds
+        parts[r.part] = r.num_images
+        if r.num_errors:
+            errors[f"{schema.ERRORS_DIR}/{r.part}"] = r.num_errors
+    stats = {
+        "num_shards": config.num_shards, "engine": engine, "tasks_run": len(results),
+        "parts_written": sum(r.written for r in results),
+        "parts_reused": len(existing.parts),
+        "tasks_skipped": sum(not r.written for r in results),
+        "task_retries": sum(r.attempt for r in results),
+        "fetch_retries": sum(r.fetch_retries for r in results),
+        "bytes_read": sum(r.bytes_read for r in results),
+        "images_this_run": sum(r.num_images for r in results if r.written),
+        "errors_this_run": sum(r.num_errors for r in results if r.written),
+        "seconds": round(seconds, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return schema.EmbedManifest.model_validate({
+        "model": config.model, "model_version": config.model_version, "dim": config.dim,
+        "num_images": sum(parts.values()), "num_errors": sum(errors.values()),
+        "input": config.input, "parts": sorted(parts), "error_parts": sorted(errors), **stats,
+    })
+
+
+def run_backfill(
+    config: BackfillConfig, engine: Engine = "spark", master: str | None = None,
+    show_progress: bool = True,
+) -> schema.EmbedManifest:
+    start = time.perf_counter()
+    existing, tasks = _plan(config)
+    with tqdm(total=len(tasks), unit="task", desc="backfill", disable=not show_progress) as bar:
+
+        def progress(done: int) -> None:
+            bar.update(max(0, done - bar.n))
+
+        results = run_tasks(tasks, config, engine, master, progress)
+    manifest = _manifest(config, existing, results, engine, time.perf_counter() - start)
+    # Last: the manifest is what makes the run visible downstream.
+    schema.write_manifest(storage.join(config.output, schema.EMBED_MANIFEST), manifest)
+    log.info("backfill done: %d images, %d errors, %d parts (%d new)", manifest.num_images,
+             manifest.num_errors, len(manifest.parts), sum(r.written for r in results))
+    return manifest
