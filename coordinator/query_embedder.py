@@ -8,7 +8,9 @@ imports torch).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,8 +26,9 @@ class QueryEmbedder(Protocol):
     dim: int
     version: str
 
-    def embed(self, image: bytes) -> np.ndarray:
-        """One encoded image -> a (dim,) float32 L2-normalised vector; raises BadImage."""
+    def embed_batch(self, images: Sequence[bytes]) -> list[np.ndarray | BadImage]:
+        """Encoded images -> per image a (dim,) float32 L2-normalised vector or the BadImage
+        that says why it has none. Called from one thread at a time."""
         ...
 
 
@@ -38,15 +41,17 @@ class CbirQueryEmbedder:
         self.dim = int(embedder.dim)
         self.version = str(embedder.version)
 
-    def embed(self, image: bytes) -> np.ndarray:
-        result = self._embedder.embed_bytes([image])
-        if result.failures:
-            _, reason, detail = result.failures[0]
-            raise BadImage(str(reason), str(detail))
+    def embed_batch(self, images: Sequence[bytes]) -> list[np.ndarray | BadImage]:
+        result = self._embedder.embed_bytes(list(images))
+        out: list[np.ndarray | BadImage] = [
+            BadImage("no_embedding", "the embedder returned nothing") for _ in images
+        ]
+        for index, reason, detail in result.failures:
+            out[index] = BadImage(str(reason), str(detail))
         vectors = np.asarray(result.vectors, dtype=np.float32)
-        if vectors.shape != (1, self.dim):
-            raise BadImage("no_embedding", f"embedder returned shape {vectors.shape}")
-        return vectors[0]
+        for row, index in enumerate(result.ok):
+            out[index] = vectors[row]
+        return out
 
 
 def load_query_embedder(name: str, weights: str | None, device: str | None) -> QueryEmbedder:
@@ -65,13 +70,47 @@ def check_image_bytes(image: bytes, limits: Limits) -> None:
 
 
 class EmbeddingRunner:
-    """Runs the CPU/GPU-bound embedding off the event loop, a bounded number at a time (more
-    threads than cores only add contention)."""
+    """Embeds off the event loop in one worker thread (the model must be called from one
+    thread at a time), batching the queries that queue up meanwhile into one forward pass."""
 
-    def __init__(self, embedder: QueryEmbedder, concurrency: int = 2) -> None:
+    def __init__(self, embedder: QueryEmbedder, max_batch: int = 16) -> None:
         self.embedder = embedder
-        self._slots = asyncio.Semaphore(concurrency)
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[np.ndarray]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
 
     async def embed(self, image: bytes) -> np.ndarray:
-        async with self._slots:
-            return await asyncio.to_thread(self.embedder.embed, image)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put((image, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [(img, fut) for img, fut in batch if not fut.done()]  # callers gone
+            if not live:
+                continue
+            try:
+                results = await asyncio.to_thread(
+                    self.embedder.embed_batch, [img for img, _ in live]
+                )
+            except Exception as exc:
+                log.exception("query embedding failed")
+                results = [exc] * len(live)  # type: ignore[list-item]
+            for (_, future), result in zip(live, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker

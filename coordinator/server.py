@@ -99,6 +99,8 @@ class CoordinatorServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.fanout.close()
+        if self.state.embedder is not None:
+            await self.state.embedder.close()
 
     async def run_until_signal(self) -> None:
         stop = asyncio.Event()

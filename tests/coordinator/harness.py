@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import socket
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -101,9 +101,10 @@ class FakeShardServicer(cbir_pb2_grpc.ShardServicer):
             self.pinned.append(request.index_version)
             if request.index_version != self.index_version:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "version not held")
-        if request.dim != DIM:
+        dim = self.data.vectors.shape[1]
+        if request.dim != dim:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "wrong dim")
-        q = np.frombuffer(request.vectors, dtype="<f4").reshape(-1, DIM)
+        q = np.frombuffer(request.vectors, dtype="<f4").reshape(-1, dim)
         k = request.k
         ids = np.full((len(q), k), -1, dtype=np.int64)
         scores = np.zeros((len(q), k), dtype=np.float32)
@@ -129,14 +130,14 @@ class FakeShardServicer(cbir_pb2_grpc.ShardServicer):
         found = [i for i in request.image_ids if i in pos]
         vectors = np.stack([self.data.vectors[pos[i]] for i in found]) if found else np.zeros(0)
         return cbir_pb2.GetVectorsResponse(
-            dim=DIM, image_ids=found, vectors=vectors.astype("<f4").tobytes(),
+            dim=self.data.vectors.shape[1], image_ids=found, vectors=vectors.astype("<f4").tobytes(),
             keys=[self.data.keys[pos[i]] for i in found],
             missing_ids=[i for i in request.image_ids if i not in pos],
         )
 
     async def Stats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return cbir_pb2.StatsResponse(
-            shard=self.shard, num_shards=self.num_shards, count=len(self.data.ids), dim=DIM,
+            shard=self.shard, num_shards=self.num_shards, count=len(self.data.ids), dim=self.data.vectors.shape[1],
             metric=self.metric, factory="Flat", index_version=self.index_version,
             model="fake", model_version=self.model_version,
         )
@@ -179,8 +180,17 @@ class FakeEmbedder:
         self.version = version
         self.calls = 0
 
-    def embed(self, image: bytes) -> np.ndarray:
+    def embed_batch(self, images: Sequence[bytes]) -> list[np.ndarray | BadImage]:
         self.calls += 1
+        out: list[np.ndarray | BadImage] = []
+        for image in images:
+            try:
+                out.append(self.embed(image))
+            except BadImage as exc:
+                out.append(exc)
+        return out
+
+    def embed(self, image: bytes) -> np.ndarray:
         if not image.startswith((b"\x89PNG", b"\xff\xd8\xff")):
             raise BadImage("not_an_image", "cannot identify image file")
         seed = int.from_bytes(hashlib.sha256(image).digest()[:8], "little")
@@ -222,13 +232,17 @@ def start_cluster(
     reprobe_interval_s: float = 0.2,
     ewma_decay_s: float = 2.0,
     versions: Sequence[str] | None = None,
+    data: ShardData | None = None,
+    embedder_factory: Callable[[], Any] | None = None,
+    model_version: str = "fake-1",
     **config: Any,
 ) -> Cluster:
-    data = make_dataset()
+    data = data if data is not None else make_dataset()
     parts = split(data, num_shards)
     reps = [
         [FakeReplica(FakeShardServicer(s, num_shards, parts[s],
-                                       index_version=(versions[s] if versions else "v1")))
+                                       index_version=(versions[s] if versions else "v1"),
+                                       model_version=model_version))
          for _ in range(replicas)]
         for s in range(num_shards)
     ]
@@ -245,9 +259,10 @@ def start_cluster(
     emb = embedder or FakeEmbedder()
 
     async def start() -> CoordinatorServer:
-        server = CoordinatorServer(cfg, StaticTopology(topology), lambda: emb)
+        factory = embedder_factory or (lambda: emb)
+        server = CoordinatorServer(cfg, StaticTopology(topology), factory)
         await server.start()
-        await asyncio.wait_for(server.ready.wait(), 10)
+        await asyncio.wait_for(server.ready.wait(), 60)
         return server
 
     return Cluster(loop, data, reps, loop.run(start()), emb)
