@@ -168,10 +168,10 @@ class ShardSearchClient:
     """Raw ``cbir.v1.Shard/Search`` calls (one query each), for benchmark (b)."""
 
     def __init__(self, address: str, k: int) -> None:
+        import grpc
+
         from cbir.rpc.serving import channel_options
         from protos import cbir_pb2_grpc
-
-        import grpc
 
         self._channel = grpc.aio.insecure_channel(address, options=channel_options())
         self._stub = cbir_pb2_grpc.ShardStub(self._channel)
