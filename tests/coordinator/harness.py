@@ -130,14 +130,16 @@ class FakeShardServicer(cbir_pb2_grpc.ShardServicer):
         found = [i for i in request.image_ids if i in pos]
         vectors = np.stack([self.data.vectors[pos[i]] for i in found]) if found else np.zeros(0)
         return cbir_pb2.GetVectorsResponse(
-            dim=self.data.vectors.shape[1], image_ids=found, vectors=vectors.astype("<f4").tobytes(),
+            dim=self.data.vectors.shape[1], image_ids=found,
+            vectors=vectors.astype("<f4").tobytes(),
             keys=[self.data.keys[pos[i]] for i in found],
             missing_ids=[i for i in request.image_ids if i not in pos],
         )
 
     async def Stats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return cbir_pb2.StatsResponse(
-            shard=self.shard, num_shards=self.num_shards, count=len(self.data.ids), dim=self.data.vectors.shape[1],
+            shard=self.shard, num_shards=self.num_shards, count=len(self.data.ids),
+            dim=self.data.vectors.shape[1],
             metric=self.metric, factory="Flat", index_version=self.index_version,
             model="fake", model_version=self.model_version,
         )
