@@ -100,8 +100,10 @@ def _patch(kind: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def backfill_kustomization(params: OverlayParams, base: str) -> dict[str, Any]:
+    # --num-shards: the embeddings' shard column must match the index's shard count.
     args = ["backfill", f"--input={params.images_uri}", f"--output={params.embeddings_uri}",
-            f"--master={K8S_MASTER}", f"--batch-size={params.backfill_batch_size}"]
+            "--engine=spark", f"--master={K8S_MASTER}", f"--num-shards={params.shards}",
+            f"--batch-size={params.backfill_batch_size}"]
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
