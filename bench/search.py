@@ -1,0 +1,240 @@
+"""Search overhead: the same vectors and the same index type, searched
+(a) in-process with Faiss (the very ``index.faiss`` file a shard server loads, same tuned
+    search parameters), and (a2) in-process over the 2-shard build's files, merged in numpy;
+(b) through one shard server (``cbir serve-shard``, raw ``cbir.v1.Shard/Search`` calls);
+(c) through the coordinator (``cbir serve-coordinator``) over 2 shard servers, by vector with
+    ``cbir.client.AsyncCoordinatorClient``.
+Per path: single-query p50/p99 latency (one query in flight), QPS and p99 with ``concurrency``
+queries in flight (threads for (a), one asyncio client for (b)/(c)), recall@10 against exact
+search. Indexes are built with ``cbir build-index`` (1 shard and 2 shards, same factory).
+
+Data sets: GloVe-6B-50d (400k word vectors) and embeddings of real photos (the bundled photos
+and their seeded edits, embedded with cbir's default model; tiny, so a Flat index)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import cluster, harness
+from bench.harness import K, VectorSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    concurrency: int
+    load_s: float
+    glove_base: int
+    glove_queries: int
+    glove_factory: str
+    photo_edits: bool  # index the edited copies too (more vectors) in full runs
+
+
+def _plan(quick: bool) -> Plan:
+    if quick:
+        return Plan(concurrency=16, load_s=3.0, glove_base=50_000, glove_queries=300,
+                    glove_factory="IVF512,Flat", photo_edits=False)
+    return Plan(concurrency=16, load_s=6.0, glove_base=400_000, glove_queries=1000,
+                glove_factory="IVF2048,Flat", photo_edits=True)
+
+
+# ---------------------------------------------------------------------------- in-process
+
+
+def _load_shard_index(index_root: str, shard: int) -> tuple[Any, Any]:
+    """The shard's Faiss index as the server loads it, plus its tuned search parameters."""
+    import faiss
+
+    from cbir import index_layout, storage
+    from cbir.faiss_params import search_parameters
+    from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
+
+    data = storage.read_bytes(index_layout.shard_file(index_root, shard, index_layout.INDEX_FILE))
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    manifest = read_manifest(index_layout.shard_file(index_root, shard, INDEX_MANIFEST),
+                             ShardManifest)
+    return index, search_parameters(index, manifest.search_params)
+
+
+def in_process_search(index_root: str, num_shards: int) -> tuple[harness.SearchOne, list[Any]]:
+    """(a) one index, or (a2) every shard of a build searched in turn and merged exactly."""
+    shards = [_load_shard_index(index_root, s) for s in range(num_shards)]
+
+    def search(query: np.ndarray) -> np.ndarray:
+        q = query.reshape(1, -1)
+        if len(shards) == 1:
+            index, params = shards[0]
+            return index.search(q, K, params=params)[1][0]
+        scores, ids = zip(*(index.search(q, K, params=params) for index, params in shards),
+                          strict=True)
+        all_scores, all_ids = np.concatenate(scores, axis=1)[0], np.concatenate(ids, axis=1)[0]
+        order = np.lexsort((all_ids, -all_scores))[:K]  # score desc, ties by id
+        return all_ids[order]
+
+    return search, [params for _, params in shards]
+
+
+def measure_in_process(search: harness.SearchOne, data: VectorSet, truth_ids: np.ndarray,
+                       plan: Plan) -> dict[str, Any]:
+    harness.set_faiss_threads(1)  # one query per call from each client thread
+    seq = harness.sequential(search, data.queries)
+    load = harness.threaded_load(search, data.queries, plan.concurrency, plan.load_s)
+    return {"recall@10": harness.recall_at_k(seq["found"], truth_ids),
+            "single": harness.strip_arrays(seq), "load": load}
+
+
+# ---------------------------------------------------------------------------- over gRPC
+
+
+async def measure_remote(search: Callable[[np.ndarray], Awaitable[np.ndarray]],
+                         data: VectorSet, truth_ids: np.ndarray, plan: Plan) -> dict[str, Any]:
+    seq = await harness.async_sequential(search, data.queries)
+    load = await harness.async_load(search, data.queries, plan.concurrency, plan.load_s)
+    return {"recall@10": harness.recall_at_k(seq["found"], truth_ids),
+            "single": harness.strip_arrays(seq), "load": load}
+
+
+async def _remote_paths(one_shard: str, coordinator: str, data: VectorSet,
+                        truth_ids: np.ndarray, plan: Plan) -> dict[str, Any]:
+    shard_client = cluster.ShardSearchClient(one_shard, K)
+    coord_client = cluster.CoordinatorSearchClient(coordinator, K)
+    try:
+        b = await measure_remote(shard_client.search, data, truth_ids, plan)
+        c = await measure_remote(coord_client.search, data, truth_ids, plan)
+        c["partial_answers"] = coord_client.partial
+    finally:
+        await shard_client.close()
+        await coord_client.close()
+    return {"b_shard_server": b, "c_coordinator_2_shards": c}
+
+
+def build_indexes(work: Path, data: VectorSet, factory: str, name: str) -> tuple[np.ndarray, dict]:
+    embeddings = str(work / "embeddings")
+    ids = cluster.write_embeddings_run(embeddings, data.base, name=name)
+    walls = {}
+    for shards in (1, 2):
+        walls[f"{shards}_shard_build_s"], _ = cluster.run_cbir(
+            "build-index", "--embeddings", embeddings, "--output", str(work / f"index{shards}"),
+            "--shards", str(shards), "--index", factory, "--engine", "sequential")
+    return ids, walls
+
+
+def measure_dataset(data: VectorSet, factory: str, plan: Plan, name: str) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-search-{name}-"))
+    ids, builds = build_indexes(work, data, factory, name)
+    truth_ids = ids[data.truth]
+    index1, index2 = str(work / "index1"), str(work / "index2")
+    with cluster.Processes() as procs:
+        one = cluster.start_shard(procs, index1, 0, "shard-1x")
+        two = [cluster.start_shard(procs, index2, s, f"shard-2x-{s}") for s in range(2)]
+        topology = cluster.write_topology(work / "topology.json", {0: [two[0]], 1: [two[1]]})
+        coordinator = cluster.start_coordinator(procs, topology, "coordinator")
+        # Every server is up and idle before anything is timed (loading competes for cores).
+        for address in (one, *two):
+            procs.wait_serving(address, cluster.SHARD_SERVICE)
+        procs.wait_serving(coordinator, cluster.COORDINATOR_SERVICE)
+        search_a, params = in_process_search(index1, 1)
+        a = measure_in_process(search_a, data, truth_ids, plan)
+        search_a2, _ = in_process_search(index2, 2)
+        a2 = measure_in_process(search_a2, data, truth_ids, plan)
+        remote = asyncio.run(_remote_paths(one, coordinator, data, truth_ids, plan))
+    paths = {"a_in_process": a, "a2_in_process_2_shards": a2, **remote}
+    return _summarise(data, factory, builds, paths, str(params[0]))
+
+
+def _summarise(data: VectorSet, factory: str, builds: dict[str, float],
+               paths: dict[str, dict[str, Any]], params: str) -> dict[str, Any]:
+    a, a2 = paths["a_in_process"], paths["a2_in_process_2_shards"]
+    c = paths["c_coordinator_2_shards"]
+    return {
+        "dataset": {"name": data.name, "dim": data.dim, "base": len(data.base),
+                    "queries": len(data.queries)},
+        "factory": factory, "builds": builds, "faiss_search_params": params,
+        "paths": paths,
+        "ratios": {
+            "c_over_a_load_qps": harness.ratio(c["load"]["qps"], a["load"]["qps"]),
+            "c_over_a2_load_qps": harness.ratio(c["load"]["qps"], a2["load"]["qps"]),
+            "c_over_a_single_p50": harness.ratio(c["single"]["p50_ms"], a["single"]["p50_ms"]),
+            "c_over_a_single_p99": harness.ratio(c["single"]["p99_ms"], a["single"]["p99_ms"]),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- data sets
+
+
+def photo_set(with_edits: bool) -> VectorSet:
+    """Real photos: originals (plus, in full runs, crop/rotate/flip edits) are the base; the
+    colour and JPEG-quality edits are the held-out queries."""
+    from cbir.embedding import load_embedder
+    from cbir.photos import bundled_photos, edited_copies, encode_jpeg
+
+    photos = bundled_photos()
+    base_bytes, query_bytes = [], []
+    for photo in photos:
+        base_bytes.append(encode_jpeg(photo.pixels))
+        for edit, data in edited_copies(photo):
+            if edit in ("colour", "jpeg"):
+                query_bytes.append(data)
+            elif with_edits:
+                base_bytes.append(data)
+    embedder = load_embedder()
+    base = embedder.embed_bytes(base_bytes).vectors
+    queries = embedder.embed_bytes(query_bytes).vectors
+    truth = harness.exact_topk(base, queries)
+    return VectorSet(name=f"photos-{embedder.name}[{len(base)}]", base=base, tune=queries[:0],
+                     queries=queries, truth=truth, tune_truth=truth[:0])
+
+
+def _rows(result: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    if "error" in result:
+        return [{"case": f"{dataset}: all", "error": result["error"]}]
+    return [
+        {"case": f"{dataset}: {name}", "recall@10": p["recall@10"],
+         "p50_ms": p["single"]["p50_ms"], "p99_ms": p["single"]["p99_ms"],
+         "qps_1": p["single"]["qps"], "qps_load": p["load"]["qps"],
+         "p99_load_ms": p["load"]["p99_ms"]}
+        for name, p in result["paths"].items()
+    ]
+
+
+def _try_dataset(make: Callable[[], VectorSet], factory: str, plan: Plan, name: str
+                 ) -> dict[str, Any]:
+    try:
+        return measure_dataset(make(), factory, plan, name)
+    except Exception as exc:  # one data set failing still reports the other
+        log.exception("search benchmark on %s failed", name)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    plan = _plan(quick)
+    results = {
+        "glove": _try_dataset(lambda: harness.glove_set(plan.glove_base, plan.glove_queries),
+                              plan.glove_factory, plan, "glove"),
+        "photos": _try_dataset(lambda: photo_set(plan.photo_edits), "Flat", plan, "photos"),
+    }
+    glove = results["glove"]
+    targets = {}
+    if "error" not in glove:
+        a, c = glove["paths"]["a_in_process"], glove["paths"]["c_coordinator_2_shards"]
+        targets["coordinator_qps_over_in_process"] = harness.target(
+            glove["ratios"]["c_over_a_load_qps"], ">=", 0.5,
+            f"GloVe: coordinator QPS under load / in-process Faiss QPS (recall "
+            f"{c['recall@10']} vs {a['recall@10']})")
+    return {
+        "concurrency": plan.concurrency, "load_s": plan.load_s, "cpus": os.cpu_count(),
+        **results,
+        "targets": targets,
+        "table": _rows(glove, "glove") + _rows(results["photos"], "photos"),
+    }
