@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import faiss
+import faiss as _faiss
+
+# The stubs shipped with faiss-cpu lag the SWIG module (no SearchParametersHNSW, ...).
+faiss: Any = _faiss
 
 NPROBE = "nprobe"
 EF_SEARCH = "ef_search"

@@ -13,7 +13,8 @@ from shard_server.server import ServerConfig, main_async
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", required=True, help="index root (path or s3://), holds shard=NNN/")
+    parser.add_argument("--index", required=True,
+                        help="index root (path or s3://) holding shard=NNN/")
     parser.add_argument("--shard", type=int, required=True, help="which shard to serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="0 = any free port")

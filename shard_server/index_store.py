@@ -136,7 +136,7 @@ def _enable_reconstruct(index: Any) -> None:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
         return
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
 
 
 def _read_ids(path: str, manifest: ShardManifest, where: str) -> tuple[np.ndarray, pa.Array]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from cbir.faiss_params import EF_SEARCH, NPROBE, search_parameters
+from cbir.faiss_params import EF_SEARCH, search_parameters
 from cbir.limits import DEFAULT_LIMITS, Limits
 from shard_server.batcher import BatchConfig, MicroBatcher
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
@@ -46,10 +46,10 @@ class VectorsResult:
 @dataclass(frozen=True)
 class SearcherConfig:
     shard: int
-    expect: Expectations = Expectations()
+    expect: Expectations = field(default_factory=Expectations)
     default_params: dict[str, int] = field(default_factory=dict)  # overrides the manifest's
     limits: Limits = DEFAULT_LIMITS
-    batch: BatchConfig = BatchConfig()
+    batch: BatchConfig = field(default_factory=BatchConfig)
     threads: int = 2
 
 

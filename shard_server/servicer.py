@@ -53,7 +53,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
 
     @grpc_errors
     @observed("Search")
-    async def Search(  # noqa: N802 (grpc naming)
+    async def Search(
         self, request: cbir_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.ShardSearchResponse:
         params = {NPROBE: request.params.nprobe, EF_SEARCH: request.params.ef_search}
@@ -74,7 +74,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
 
     @grpc_errors
     @observed("GetVectors")
-    async def GetVectors(  # noqa: N802
+    async def GetVectors(
         self, request: cbir_pb2.GetVectorsRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.GetVectorsResponse:
         result = await self.searcher.get_vectors(list(request.image_ids))
@@ -88,7 +88,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
 
     @grpc_errors
     @observed("Stats")
-    async def Stats(  # noqa: N802
+    async def Stats(
         self, request: cbir_pb2.StatsRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.StatsResponse:
         loaded = self.searcher.store.current()
@@ -102,7 +102,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
 
     @grpc_errors
     @observed("LoadIndex")
-    async def LoadIndex(  # noqa: N802
+    async def LoadIndex(
         self, request: cbir_pb2.LoadIndexRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.LoadIndexResponse:
         new, old = await self.searcher.load(request.index_uri)

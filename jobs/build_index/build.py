@@ -20,8 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cbir import errors, index_layout, storage
-from cbir.schema import INDEX_MANIFEST, EmbedManifest, IndexManifest, ShardManifest
-from cbir.schema import read_manifest, write_manifest
+from cbir.schema import (
+    INDEX_MANIFEST,
+    EmbedManifest,
+    IndexManifest,
+    ShardManifest,
+    read_manifest,
+    write_manifest,
+)
 from jobs.build_index import manifest as manifests
 from jobs.build_index import reader, select, tune
 

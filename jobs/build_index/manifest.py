@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cbir.index_layout import shard_dir_name
 from cbir.schema import EmbedManifest, IndexManifest, ShardManifest
@@ -20,7 +20,7 @@ VERSION_PREFIX = "ix-"
 
 
 def index_version(
-    embed: EmbedManifest, factory: str, num_shards: int, settings: dict[str, object]
+    embed: EmbedManifest, factory: str, num_shards: int, settings: Mapping[str, object]
 ) -> str:
     payload = {
         "embeddings": embed.model_dump(mode="json"),

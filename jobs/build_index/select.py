@@ -89,7 +89,8 @@ def choose_index(count: int, dim: int, num_shards: int, memory_budget_bytes: int
         return IndexChoice("Flat", flat, f"{n} vectors/shard <= {FLAT_MAX_PER_SHARD}: exact")
     for factory, size in _estimates(n, dim):
         if size <= memory_budget_bytes:
-            reason = f"{n} vectors/shard; ~{size / GIB:.2f} GiB fits {memory_budget_bytes / GIB:.2f}"
+            budget = memory_budget_bytes / GIB
+            reason = f"{n} vectors/shard; ~{size / GIB:.2f} GiB fits {budget:.2f} GiB"
             return IndexChoice(factory, size, reason)
     raise ResourceExhausted(
         f"{n} vectors of dim {dim} per shard do not fit {memory_budget_bytes / GIB:.2f} GiB even "
