@@ -25,10 +25,12 @@ import numpy as np
 from cbir.errors import InvalidArgument
 from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.rpc.client import DeadlineExceeded, ServerError, aio_channel, error_from_rpc, sync_channel
+from cbir.rpc.security import ClientSecurity
 from protos import cbir_pb2, cbir_pb2_grpc
 
 __all__ = [
     "AsyncCoordinatorClient",
+    "ClientSecurity",
     "CoordinatorClient",
     "CoordinatorInfo",
     "DeadlineExceeded",
@@ -124,11 +126,15 @@ class CoordinatorClient:
     """Synchronous client; thread-safe (one gRPC channel)."""
 
     def __init__(
-        self, address: str, timeout_s: float = DEFAULT_TIMEOUT_S, limits: Limits = DEFAULT_LIMITS
+        self,
+        address: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        limits: Limits = DEFAULT_LIMITS,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = sync_channel(address, limits)
+        self._channel = sync_channel(address, limits, security)
         self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
 
     def search_image(self, image: bytes | str | Path, k: int = 10, *, nprobe: int = 0,
@@ -178,11 +184,15 @@ class AsyncCoordinatorClient:
     """The same API for asyncio code (grpc.aio); create it inside the running loop."""
 
     def __init__(
-        self, address: str, timeout_s: float = DEFAULT_TIMEOUT_S, limits: Limits = DEFAULT_LIMITS
+        self,
+        address: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        limits: Limits = DEFAULT_LIMITS,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = aio_channel(address, limits)
+        self._channel = aio_channel(address, limits, security)
         self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
 
     async def search_image(self, image: bytes | str | Path, k: int = 10, *, nprobe: int = 0,

@@ -7,6 +7,7 @@ import json
 
 from cbir.client import CoordinatorClient, SearchResult
 from cbir.errors import InvalidArgument
+from cbir.rpc.security import add_security_arguments, client_security_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
                         help="seconds before giving up (default 10)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_security_arguments(parser, server=False)
 
 
 def format_table(result: SearchResult) -> str:
@@ -46,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise InvalidArgument(f"--timeout must be positive, got {args.timeout}")
     common = {"nprobe": args.nprobe, "ef_search": args.ef_search, "timeout_s": args.timeout}
-    with CoordinatorClient(args.coordinator, timeout_s=args.timeout) as client:
+    with CoordinatorClient(
+        args.coordinator, timeout_s=args.timeout, security=client_security_from_args(args)
+    ) as client:
         if args.image_id is not None:
             result = client.search_id(args.image_id, args.k,
                                       exclude_query_image=args.exclude_self, **common)

@@ -9,6 +9,11 @@ import logging
 
 from cbir.errors import InvalidArgument
 from cbir.limits import DEFAULT_LIMITS
+from cbir.rpc.security import (
+    add_security_arguments,
+    client_security_from_args,
+    server_security_from_args,
+)
 from coordinator.config import BalancerConfig, CoordinatorConfig
 from coordinator.topology import load_topology_file, split_address
 
@@ -50,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-grace", type=float, default=5.0, metavar="S",
                         help="seconds in-flight calls get to finish on SIGTERM")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    add_security_arguments(parser, server=True)
+    add_security_arguments(parser, server=False, prefix="shard-")
 
 
 def build_config(args: argparse.Namespace) -> CoordinatorConfig:
@@ -86,6 +93,8 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
             eject_after_failures=args.eject_after, reprobe_interval_s=args.reprobe_interval
         ),
         limits=limits,
+        security=server_security_from_args(args),
+        shard_security=client_security_from_args(args, prefix="shard-"),
     )
 
 

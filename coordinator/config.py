@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.rpc.security import ClientSecurity, ServerSecurity
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,6 @@ class CoordinatorConfig:
     metrics_port: int | None = None
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     limits: Limits = DEFAULT_LIMITS
+    # TLS / bearer tokens callers must present, and how the coordinator dials its shards.
+    security: ServerSecurity = field(default_factory=ServerSecurity)
+    shard_security: ClientSecurity = field(default_factory=ClientSecurity)

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cbir.rpc.security import client_channel
 from cbir.rpc.serving import channel_options
 from coordinator.balancer import ShardBalancer
 from coordinator.config import CoordinatorConfig
@@ -103,7 +104,7 @@ class Fanout:
 
     def _open(self, shard: int, address: str) -> Replica:
         options = [*channel_options(self.config.limits), *RECONNECT_OPTIONS]
-        channel = grpc.aio.insecure_channel(address, options=options)
+        channel = client_channel(address, self.config.shard_security, options)
         self.metrics.in_flight.labels(str(shard), address).set(0)
         return Replica(shard, address, channel, cbir_pb2_grpc.ShardStub(channel),
                        health_pb2_grpc.HealthStub(channel))

@@ -17,6 +17,8 @@ import random
 import time
 from collections.abc import Callable
 
+from cbir.rpc.auth import BearerTokenInterceptor
+from cbir.rpc.security import server_credentials
 from cbir.rpc.serving import Serving
 from coordinator.config import CoordinatorConfig
 from coordinator.fanout import Fanout
@@ -70,7 +72,9 @@ class CoordinatorServer:
         self.search = DistributedSearch(self.fanout, config.num_shards)
         self.state = CoordinatorState(image_queries=embedder_factory is not None)
         self._embedder_factory = embedder_factory
-        self.serving = Serving([SERVICE_NAME], config.limits)
+        auth = config.security.auth
+        interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
+        self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
         servicer = CoordinatorServicer(config, self.state, self.search, self.metrics)
         cbir_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.serving.server)
         self.topology: Topology = {}
@@ -80,7 +84,9 @@ class CoordinatorServer:
         self.port = 0
 
     async def start(self) -> int:
-        self.port = self.serving.bind(self.config.host, self.config.port)
+        tls = self.config.security.tls
+        creds = server_credentials(tls) if tls is not None else None
+        self.port = self.serving.bind(self.config.host, self.config.port, creds)
         await self.serving.start()
         if self.config.metrics_port is not None:
             self.metrics.serve(self.config.metrics_port)

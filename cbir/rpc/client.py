@@ -6,6 +6,7 @@ import grpc
 
 from cbir import errors
 from cbir.limits import Limits
+from cbir.rpc.security import ClientSecurity, client_channel, client_sync_channel
 from cbir.rpc.serving import channel_options
 from cbir.rpc.status import STATUS_OF
 
@@ -39,9 +40,14 @@ def client_channel_options(limits: Limits) -> list[tuple[str, int]]:
     return channel_options(limits)
 
 
-def sync_channel(address: str, limits: Limits) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=client_channel_options(limits))
+def sync_channel(
+    address: str, limits: Limits, security: ClientSecurity | None = None
+) -> grpc.Channel:
+    options = client_channel_options(limits)
+    return client_sync_channel(address, security or ClientSecurity(), options)
 
 
-def aio_channel(address: str, limits: Limits) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=client_channel_options(limits))
+def aio_channel(
+    address: str, limits: Limits, security: ClientSecurity | None = None
+) -> grpc.aio.Channel:
+    return client_channel(address, security or ClientSecurity(), client_channel_options(limits))
