@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages cbir needs: Java 17 for Spark, dnsmasq for the real-DNS discovery test.
+# Installs them with apt when running as root on Debian/Ubuntu; otherwise says what is missing.
+set -euo pipefail
+need=()
+command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || need+=(openjdk-17-jre-headless)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing ${need[*]} with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "setup: please install: ${need[*]} (Java is required; dnsmasq only for one test)" >&2
+  for pkg in "${need[@]}"; do [ "$pkg" = dnsmasq ] || exit 1; done
+fi
