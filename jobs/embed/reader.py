@@ -74,7 +74,7 @@ def _count_retry(state: RetryCallState) -> None:
 
 
 @retry(retry=retry_if_exception_type(TRANSIENT), stop=stop_after_attempt(5),
-       wait=wait_exponential_jitter(initial=0.2, max=5.0), before_sleep=_count_retry,
+       wait=wait_exponential_jitter(multiplier=0.2, max=5.0), before_sleep=_count_retry,
        reraise=True)
 def _get(bucket: str, key: str) -> bytes:
     body = client().get_object(Bucket=bucket, Key=key)["Body"]

@@ -19,7 +19,8 @@ def save(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
 
 def small(pixels: np.ndarray, width: int = 320) -> Image.Image:
     img = Image.fromarray(pixels)
-    return img.resize((width, max(1, round(img.height * width / img.width))), Image.BICUBIC)
+    height = max(1, round(img.height * width / img.width))
+    return img.resize((width, height), Image.Resampling.BICUBIC)
 
 
 def exif_rotated_pair(img: Image.Image) -> tuple[bytes, bytes]:

@@ -96,7 +96,7 @@ def test_embed_images_matches_embed_bytes_for_lossless_input(
 
 
 def test_large_jpeg_reduced_decoding_stays_faithful(embedder: Embedder, photos: list) -> None:
-    big = Image.fromarray(photos[0].pixels).resize((1920, 1080), Image.BICUBIC)
+    big = Image.fromarray(photos[0].pixels).resize((1920, 1080), Image.Resampling.BICUBIC)
     data = odd.save(big, "JPEG", quality=90)
     drafted = _vec(embedder, data)  # the shared path decodes at 1/4 size in the DCT domain
     full = embedder.embed_images([Image.open(__import__("io").BytesIO(data))])[0]

@@ -11,7 +11,7 @@ import torch
 
 from cbir import storage
 from cbir.embedding import Embedder, describe_model, load_embedder
-from cbir.embedding.models import resolve_weights
+from cbir.embedding.models import ModelSpec, model_spec, resolve_weights
 from cbir.errors import FailedPrecondition, InvalidArgument, NotFound
 from cbir.photos import bundled_photos, encode_jpeg
 
@@ -77,8 +77,7 @@ def test_wrong_weights_for_model_are_refused(tmp_path: Path) -> None:
         load_embedder("resnet50", weights=str(path), device="cpu")
 
 
-def describe_model_spec():  # type: ignore[no-untyped-def]
-    from cbir.embedding.models import model_spec
+def describe_model_spec() -> ModelSpec:
 
     return model_spec("efficientnet_lite0")
 
