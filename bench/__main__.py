@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="'all' or one benchmark name")
     parser.add_argument("name", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="CI-sized data and load periods")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny data, for the test suite (implies --quick; figures mean "
+                             "nothing)")
     parser.add_argument("--only", default="", help="comma-separated subset of: "
                         + ",".join(BENCHMARKS))
     parser.add_argument("--out", help="also write the JSON document to this file")
@@ -129,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.smoke:
+        args.quick = True
+        os.environ[harness.SMOKE_ENV] = "1"  # inherited by the benchmark processes
     if args.target == CHILD:
         return _child_main(args.name, args.quick)
-    doc: dict[str, Any] = {"quick": args.quick, "machine": harness.machine_info(),
+    doc: dict[str, Any] = {"quick": args.quick, "smoke": args.smoke,
+                           "machine": harness.machine_info(),
                            "benchmarks": {}}
     for name in _selected(args):
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -147,12 +154,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def collect_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Every benchmark's ``targets`` entries, prefixed with its name."""
+    """Every benchmark's ``targets`` entries, prefixed with its name, plus the one that spans
+    two benchmarks (shard server vs the best peer, on the identical data set)."""
     out: dict[str, Any] = {}
     for name, result in results.items():
         for key, value in (result.get("targets") or {}).items():
             out[f"{name}.{key}"] = value
+    cross = _shard_server_vs_peers(results.get("search", {}), results.get("peers", {}))
+    if cross is not None:
+        out["search+peers.shard_server_qps_vs_best_peer"] = cross
     return out
+
+
+def _shard_server_vs_peers(search: dict[str, Any], peers: dict[str, Any]
+                           ) -> dict[str, Any] | None:
+    glove = search.get("glove") or {}
+    if "paths" not in glove or not peers.get("best_peer"):
+        return None
+    if glove["dataset"]["name"] != peers["dataset"]["name"]:
+        return None  # different vectors: no like-for-like comparison
+    b = glove["paths"]["b_shard_server"]
+    if b["recall@10"] < harness.RECALL_TARGET:
+        return harness.target(None, ">=", peers["best_peer_load_qps"],
+                              f"shard server recall {b['recall@10']} below the matched target")
+    return harness.target(
+        b["load"]["qps"], ">=", peers["best_peer_load_qps"],
+        f"shard server QPS under load (recall {b['recall@10']}) vs best peer "
+        f"{peers['best_peer']} in-process QPS under load at recall >= {harness.RECALL_TARGET}")
 
 
 if __name__ == "__main__":

@@ -261,6 +261,15 @@ def package_versions(names: Sequence[str]) -> dict[str, str | None]:
     return out
 
 
+SMOKE_ENV = "CBIR_BENCH_SMOKE"
+
+
+def smoke() -> bool:
+    """A tiny run for the test suite (set by ``python -m bench ... --smoke``): checks that the
+    benchmark works end to end, measures nothing worth reading."""
+    return os.environ.get(SMOKE_ENV) == "1"
+
+
 def set_faiss_threads(n: int) -> None:
     import faiss
 

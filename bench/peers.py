@@ -23,9 +23,14 @@ from bench.harness import K, VectorSet
 log = logging.getLogger(__name__)
 
 PEER_PACKAGES = ("faiss-cpu", "qdrant-edge-py", "lancedb", "milvus-lite")
-# The full run's base size: the whole 400k set would take most of the 10-minute budget in
-# peer index builds alone on 2 cores (Qdrant Edge and LanceDB take ~0.5 ms per vector).
-FULL_BASE = 200_000
+# Same sizes (and seed) as bench.search, so the data sets are identical and the shard server's
+# QPS can be set against the peers' (the whole GloVe set less the held-out queries).
+QUICK_BASE, QUICK_QUERIES = 50_000, 300
+FULL_BASE, FULL_QUERIES = 400_000, 1000
+# Milvus Lite 3 is a pure-Python engine (tens of ms per query): opt in with
+# CBIR_BENCH_PEERS=qdrant-edge,lancedb,milvus-lite.
+DEFAULT_PEERS = ("qdrant-edge", "lancedb")
+PEERS_ENV = "CBIR_BENCH_PEERS"
 
 
 class Engine(Protocol):
@@ -309,14 +314,19 @@ def _const(engine: Engine) -> Callable[[], Engine]:
 
 
 def run(quick: bool, peers: Sequence[str] | None = None) -> dict[str, Any]:
-    n_base, n_queries = (50_000, 500) if quick else (FULL_BASE, 1000)
+    n_base, n_queries = (QUICK_BASE, QUICK_QUERIES) if quick else (FULL_BASE, FULL_QUERIES)
     load_s = 3.0 if quick else 6.0
+    if harness.smoke():
+        n_base, n_queries, load_s = 5_000, 100, 0.5
     threads = 2 * (os.cpu_count() or 1)
     data = harness.glove_set(n_base, n_queries)
-    # Milvus Lite answers in tens of ms per query (Python engine): full runs only.
-    wanted = list(peers) if peers is not None else [
-        p for p in PEER_FACTORIES if not (quick and p == "milvus-lite")
-    ]
+    if peers is None:
+        env = os.environ.get(PEERS_ENV)
+        peers = [p.strip() for p in env.split(",") if p.strip()] if env else DEFAULT_PEERS
+    unknown = [p for p in peers if p not in PEER_FACTORIES]
+    if unknown:
+        raise ValueError(f"unknown peers {unknown}; known: {sorted(PEER_FACTORIES)}")
+    wanted = list(peers)
     rows = [run_engine(_const(e), data, threads, load_s) for e in faiss_engines(n_base)]
     rows += [run_engine(PEER_FACTORIES[name], data, threads, load_s) for name in wanted]
     best_faiss = _best(rows, ("faiss-hnsw", "faiss-ivf"))
