@@ -3,6 +3,8 @@ process - the tests run many)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from shard_server.index_store import LoadedIndex
@@ -13,6 +15,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class ShardMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._http: Any = None
         self.requests = Counter(
             "cbir_shard_requests", "RPCs by method and status code", ["method", "code"],
             registry=self.registry,
@@ -44,5 +47,11 @@ class ShardMetrics:
         self.version.labels(loaded.version, str(loaded.manifest.shard)).set(1)
 
     def serve(self, port: int, host: str) -> None:
-        """Expose /metrics over HTTP (a daemon thread)."""
-        start_http_server(port, addr=host, registry=self.registry)
+        """Expose /metrics over HTTP (a daemon thread) until ``close``."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

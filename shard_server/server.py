@@ -73,6 +73,7 @@ class ShardServer:
     async def stop(self, grace_s: float | None = None) -> None:
         await self.serving.drain_and_stop(self.config.drain_s if grace_s is None else grace_s)
         await self.searcher.close()
+        self.metrics.close()
 
 
 async def serve(config: ServerConfig, announce: bool = True) -> None:

@@ -192,3 +192,17 @@ def test_sharded_search_equals_one_flat_index(tmp_path: Path, k: int) -> None:
         for q in range(len(queries))
     ]
     assert _merged_topk(out, shards, queries, k) == expected
+
+
+def test_cli_builds_and_reports_errors(small_run: tuple[str, list[str], np.ndarray],
+                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cbir.cli import main
+
+    emb, _, _ = small_run
+    out = str(tmp_path / "ix")
+    assert main(["build-index", "--embeddings", emb, "--output", out, "--shards", "2",
+                 "--engine", "sequential"]) == 0
+    assert '"count": 600' in capsys.readouterr().out
+    assert main(["build-index", "--embeddings", str(tmp_path / "no"), "--output", out,
+                 "--shards", "2", "--engine", "sequential"]) == 2
+    assert "_MANIFEST.json not found" in capsys.readouterr().err

@@ -3,6 +3,7 @@ GetVectors, Stats, LoadIndex swaps, refusals, S3 loading and metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -249,3 +250,19 @@ def test_serves_an_index_from_s3(flat_index: BuiltIndex, bucket: str) -> None:
     with pytest.raises(FailedPrecondition, match="checksum"):
         storage.write_bytes(storage.join(root, "shard=000/index.faiss"), b"garbage")
         load_shard(root, 0, Expectations())
+
+
+def test_metrics_endpoint_serves_prometheus_text(flat_index: BuiltIndex) -> None:
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    cfg = dataclasses.replace(config(flat_index.root), metrics_port=port)
+    with serve_in_thread(cfg) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        _search(cbir_pb2_grpc.ShardStub(channel), fx.random_vectors(1, DIM), 2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    assert 'cbir_shard_requests_total{code="OK",method="Search"} 1.0' in text
+    assert f'index_version="{flat_index.version}"' in text
