@@ -50,6 +50,8 @@ class BuildConfig:
     tune_queries: int = 500
     seed: int = 1234
     faiss_threads: int = 0  # per task; 0 = Faiss's default (all cores)
+    # Build only this shard (one pod of a Kubernetes Indexed Job); None = every shard.
+    shard_only: int | None = None
 
 
 @dataclass(frozen=True)
@@ -196,15 +198,58 @@ def plan(config: BuildConfig) -> tuple[list[ShardTask], bytes, EmbedManifest]:
     version = manifests.index_version(embed, factory, config.num_shards, settings)
     log.info("index %s: %d rows, dim %d, %s over %d shards", version, count, embed.dim,
              factory, config.num_shards)
-    trained = train(dataset, embed.dim, factory, count, config)
+    trained = load_or_train(config, version, dataset, embed.dim, factory, count)
     base = ShardTask(0, config.num_shards, config.embeddings, config.output, embed.dim, factory,
                      version, embed.model, embed.model_version, config.target_recall,
                      config.tune_queries, config.seed, config.faiss_threads,
                      storage.endpoint_url())
-    return [replace(base, shard=s) for s in range(config.num_shards)], trained, embed
+    shards = range(config.num_shards) if config.shard_only is None else [config.shard_only]
+    return [replace(base, shard=s) for s in shards], trained, embed
 
 
-def build_index(config: BuildConfig) -> IndexManifest:
+def trained_uri(output: str, version: str) -> str:
+    return storage.join(output, "_trained", f"{version}.faiss")
+
+
+def load_or_train(config: BuildConfig, version: str, dataset: reader.ds.Dataset, dim: int,
+                  factory: str, count: int) -> bytes:
+    """The trained empty index is stored beside the shards, so separate processes (one pod per
+    shard) share one quantizer and a re-run does not train again."""
+    uri = trained_uri(config.output, version)
+    if storage.exists(uri):
+        log.info("reusing trained index %s", uri)
+        return storage.read_bytes(uri)
+    trained = train(dataset, dim, factory, count, config)
+    storage.write_bytes(uri, trained)
+    return trained
+
+
+def committed_shards(output: str, num_shards: int, version: str) -> list[ShardManifest]:
+    """The shard manifests of ``version`` that exist so far."""
+    found = []
+    for shard in range(num_shards):
+        uri = index_layout.shard_file(output, shard, INDEX_MANIFEST)
+        if storage.exists(uri):
+            done = read_manifest(uri, ShardManifest)
+            if done.index_version == version:
+                found.append(done)
+    return found
+
+
+def _check_shard_only(config: BuildConfig) -> None:
+    if config.shard_only is not None and not 0 <= config.shard_only < config.num_shards:
+        raise errors.InvalidArgument(
+            f"--shard-only must be in [0, {config.num_shards}), got {config.shard_only}"
+        )
+
+
+def build_index(config: BuildConfig) -> IndexManifest | None:
+    """Build the shards; write the top-level manifest (last) once every shard is committed.
+
+    With ``shard_only`` the one shard is built and the manifest written only by the process
+    that finds every shard done (idempotent: any of them may write the same bytes); None is
+    returned while other shards are still missing."""
+    _check_shard_only(config)
     tasks, trained, embed = plan(config)
     if config.engine == "spark":
         from jobs.build_index.spark_engine import run_spark
@@ -216,7 +261,13 @@ def build_index(config: BuildConfig) -> IndexManifest:
         outcomes = run_sequential(tasks, trained)
     else:
         raise errors.InvalidArgument(f"unknown engine {config.engine!r}")
-    shard_manifests = [o.unwrap() for o in sorted(outcomes, key=lambda o: o.shard)]
+    for outcome in outcomes:
+        outcome.unwrap()  # re-raise a task's typed error here
+    shard_manifests = committed_shards(config.output, config.num_shards, tasks[0].index_version)
+    if len(shard_manifests) < config.num_shards:
+        log.info("%d/%d shards committed; the last one writes the index manifest",
+                 len(shard_manifests), config.num_shards)
+        return None
     top = manifests.index_manifest(shard_manifests, config.embeddings, embed)
     write_manifest(index_layout.index_manifest_uri(config.output), top)  # written last
     return top

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-queries", type=int, default=500)
     parser.add_argument("--faiss-threads", type=int, default=0,
                         help="OpenMP threads per shard task (0 = all cores)")
+    parser.add_argument("--shard-only", type=int, default=None, metavar="K",
+                        help="build shard K only (one pod per shard, e.g. a Kubernetes Indexed "
+                             "Job); the process that completes the set writes the manifest")
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -41,10 +44,16 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         train_size=args.train_size,
         tune_queries=args.tune_queries,
         faiss_threads=args.faiss_threads,
+        shard_only=args.shard_only,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = build_index(config_from_args(args))
-    print(json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True))
+    config = config_from_args(args)
+    manifest = build_index(config)
+    if manifest is None:
+        print(json.dumps({"shard": config.shard_only, "index_manifest": "pending: other shards "
+                          "are not committed yet"}))
+    else:
+        print(json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True))
     return 0

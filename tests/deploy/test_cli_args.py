@@ -25,8 +25,5 @@ def test_container_args_parse(overlay: str, part: str) -> None:
         argv = expand(ctr["args"], {**RUNTIME_ENV, **resolve_env(ctr, docs, namespace)})
         assert not any("$(" in a for a in argv), f"unexpanded variable in {argv}"
         args, unknown = build_parser(argv).parse_known_args(argv)
-        if [a.split("=")[0] for a in unknown] == ["--shard-only"]:
-            # Asked of the index-build owner: build only shard K (one Indexed Job pod per shard).
-            pytest.xfail("cbir build-index has no --shard-only flag yet")
         assert unknown == [], f"{workload['metadata']['name']}: unknown arguments {unknown}"
         assert args.command == argv[0]
