@@ -293,6 +293,19 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _scalars(result: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Numeric leaves (two levels deep) of a result without a table, for the summary."""
+    out: list[tuple[str, Any]] = []
+    for key, value in result.items():
+        if isinstance(value, bool) or key in ("wall_s", "machine"):
+            continue
+        if isinstance(value, int | float):
+            out.append((prefix + key, value))
+        elif isinstance(value, dict) and not prefix:
+            out.extend(_scalars(value, f"{key}."))
+    return out
+
+
 def render_table(doc: dict[str, Any]) -> str:
     """The human summary: each benchmark's ``table`` rows, then the targets met or missed."""
     lines: list[str] = []
@@ -300,6 +313,8 @@ def render_table(doc: dict[str, Any]) -> str:
         lines.append(f"== {name}" + (f"  ERROR: {_cell(result['error'])}"
                                       if "error" in result else ""))
         rows = result.get("table") or []
+        if not rows and "error" not in result:
+            lines.append("  " + "  ".join(f"{k}={_cell(v)}" for k, v in _scalars(result)[:12]))
         cols = [c for c in TABLE_COLUMNS if any(r.get(c) is not None for r in rows)]
         extra = sorted({c for r in rows for c in r} - set(TABLE_COLUMNS) - {"param"})
         cols += extra

@@ -107,6 +107,25 @@ async def measure_remote(search: Callable[[np.ndarray], Awaitable[np.ndarray]],
             "single": harness.strip_arrays(seq), "load": load}
 
 
+async def rpc_floor(address: str, data: VectorSet, plan: Plan) -> dict[str, Any]:
+    """A no-op unary call (grpc.health.v1 Check) to the same server with the same client and
+    load: what one Python gRPC round trip costs on this machine, whatever the handler does."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+
+        async def ping(query: np.ndarray) -> np.ndarray:
+            await stub.Check(request, timeout=10.0)
+            return np.full(K, -1, dtype=np.int64)
+
+        seq = await harness.async_sequential(ping, data.queries)
+        load = await harness.async_load(ping, data.queries, plan.concurrency, plan.load_s)
+    return {"single": harness.strip_arrays(seq), "load": load}
+
+
 async def _remote_paths(one_shard: str, coordinator: str, data: VectorSet,
                         truth_ids: np.ndarray, plan: Plan) -> dict[str, Any]:
     shard_client = cluster.ShardSearchClient(one_shard, K)
@@ -115,10 +134,11 @@ async def _remote_paths(one_shard: str, coordinator: str, data: VectorSet,
         b = await measure_remote(shard_client.search, data, truth_ids, plan)
         c = await measure_remote(coord_client.search, data, truth_ids, plan)
         c["partial_answers"] = coord_client.partial
+        floor = await rpc_floor(one_shard, data, plan)
     finally:
         await shard_client.close()
         await coord_client.close()
-    return {"b_shard_server": b, "c_coordinator_2_shards": c}
+    return {"b_shard_server": b, "c_coordinator_2_shards": c, "grpc_noop_floor": floor}
 
 
 def build_indexes(work: Path, data: VectorSet, factory: str, name: str) -> tuple[np.ndarray, dict]:
@@ -151,8 +171,13 @@ def measure_dataset(data: VectorSet, factory: str, plan: Plan, name: str) -> dic
         search_a2, _ = in_process_search(index2, 2)
         a2 = measure_in_process(search_a2, data, truth_ids, plan)
         remote = asyncio.run(_remote_paths(one, coordinator, data, truth_ids, plan))
+    floor = remote.pop("grpc_noop_floor")
     paths = {"a_in_process": a, "a2_in_process_2_shards": a2, **remote}
-    return _summarise(data, factory, builds, paths, str(params[0]))
+    result = _summarise(data, factory, builds, paths, str(params[0]))
+    result["grpc_noop_floor"] = floor
+    result["ratios"]["b_over_noop_rpc_load_qps"] = harness.ratio(
+        paths["b_shard_server"]["load"]["qps"], floor["load"]["qps"])
+    return result
 
 
 def _summarise(data: VectorSet, factory: str, builds: dict[str, float],
@@ -202,7 +227,10 @@ def photo_set(with_edits: bool) -> VectorSet:
 def _rows(result: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
     if "error" in result:
         return [{"case": f"{dataset}: all", "error": result["error"]}]
-    return [
+    floor = result["grpc_noop_floor"]
+    return [{"case": f"{dataset}: no-op gRPC floor", "p50_ms": floor["single"]["p50_ms"],
+             "p99_ms": floor["single"]["p99_ms"], "qps_1": floor["single"]["qps"],
+             "qps_load": floor["load"]["qps"], "p99_load_ms": floor["load"]["p99_ms"]}] + [
         {"case": f"{dataset}: {name}", "recall@10": p["recall@10"],
          "p50_ms": p["single"]["p50_ms"], "p99_ms": p["single"]["p99_ms"],
          "qps_1": p["single"]["qps"], "qps_load": p["load"]["qps"],
