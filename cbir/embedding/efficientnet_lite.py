@@ -71,11 +71,11 @@ class MBConv(nn.Module):
         self.has_expand = expand != 1
         if self.has_expand:
             self._expand_conv = SameConv2d(inp, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
+            self._bn0: nn.Module = _bn(mid)
         self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
-        self._bn1 = _bn(mid)
+        self._bn1: nn.Module = _bn(mid)
         self._project_conv = SameConv2d(mid, out, 1, bias=False)
-        self._bn2 = _bn(out)
+        self._bn2: nn.Module = _bn(out)
         self.residual = stride == 1 and inp == out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ class EfficientNetLite(nn.Module):
     def __init__(self, stages: tuple[Stage, ...] = LITE0_STAGES) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, STEM, 3, 2, bias=False)
-        self._bn0 = _bn(STEM)
+        self._bn0: nn.Module = _bn(STEM)
         blocks: list[nn.Module] = []
         inp = STEM
         for stage in stages:
@@ -102,7 +102,7 @@ class EfficientNetLite(nn.Module):
                 inp = stage.out
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(inp, HEAD, 1, bias=False)
-        self._bn1 = _bn(HEAD)
+        self._bn1: nn.Module = _bn(HEAD)
         self._fc = nn.Linear(HEAD, NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,35 @@ class EfficientNetLite(nn.Module):
         return self._fc(self.features(x))
 
 
-def efficientnet_lite0(state_dict: dict[str, torch.Tensor]) -> EfficientNetLite:
+def _fold_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Module:
+    """Fold an eval-mode BatchNorm into the conv before it; returns the Identity to put in its
+    place. Same function, ~20% fewer ops on CPU."""
+    assert isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None
+    assert bn.running_mean is not None
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+        conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+    return nn.Identity()
+
+
+def fuse_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
+    """Inference-only: every BatchNorm folded into its conv (in place)."""
+    model._bn0 = _fold_bn(model._conv_stem, model._bn0)
+    for block in model._blocks:
+        assert isinstance(block, MBConv)
+        if block.has_expand:
+            block._bn0 = _fold_bn(block._expand_conv, block._bn0)
+        block._bn1 = _fold_bn(block._depthwise_conv, block._bn1)
+        block._bn2 = _fold_bn(block._project_conv, block._bn2)
+    model._bn1 = _fold_bn(model._conv_head, model._bn1)
+    return model
+
+
+def efficientnet_lite0(state_dict: dict[str, torch.Tensor], fuse: bool = True) -> EfficientNetLite:
+    """Loaded strictly (every weight accounted for), then BN-folded for inference."""
     model = EfficientNetLite()
     model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    model.eval()
+    return fuse_batchnorm(model) if fuse else model

@@ -94,3 +94,15 @@ def test_weights_from_s3_and_version_tracks_weight_bytes(bucket: str, tmp_path: 
     other = tmp_path / "other.pth"
     torch.save(state, other)
     assert describe_model("efficientnet_lite0", str(other)).version != same.version
+
+
+def test_batchnorm_folding_keeps_the_function() -> None:
+    from cbir.embedding.efficientnet_lite import efficientnet_lite0
+
+    state = torch.load(resolve_weights(describe_model_spec(), None), map_location="cpu",
+                       weights_only=True)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = efficientnet_lite0(state, fuse=False).features(x)
+        fused = efficientnet_lite0(state, fuse=True).features(x)
+    assert float((plain - fused).abs().max()) < 1e-3 * float(plain.abs().max())
