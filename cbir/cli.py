@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-index": ("jobs.build_index.cli", "build one Faiss index per shard from embeddings"),
     "serve-shard": ("shard_server.cli", "serve one shard's index over gRPC"),
     "serve-coordinator": ("coordinator.cli", "fan queries out to every shard and merge top-K"),
+    "index-pointer": ("shard_server.pointer_cli", "read or atomically flip an index pointer"),
     "query": ("cbir.query_cli", "query a coordinator by image file or image id"),
 }
 
@@ -35,7 +36,7 @@ def _configure_logging(verbose: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # botocore/py4j/grpc are loud at INFO and say nothing an operator needs.
-    for noisy in ("botocore", "boto3", "urllib3", "py4j", "s3transfer"):
+    for noisy in ("botocore", "boto3", "urllib3", "py4j", "s3transfer", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

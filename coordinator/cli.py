@@ -9,6 +9,7 @@ import logging
 
 from cbir.errors import InvalidArgument
 from cbir.limits import DEFAULT_LIMITS
+from cbir.rpc.logs import LOG_FORMATS, configure
 from cbir.rpc.security import (
     add_security_arguments,
     client_security_from_args,
@@ -55,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-grace", type=float, default=5.0, metavar="S",
                         help="seconds in-flight calls get to finish on SIGTERM")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--version-interval", type=float, default=1.0, metavar="S",
+                        help="seconds between asking every replica which index versions it holds")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="json = one JSON object per line")
     add_security_arguments(parser, server=True)
     add_security_arguments(parser, server=False, prefix="shard-")
 
@@ -71,6 +76,8 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
             split_address(args.dns_server)
         except ValueError as exc:
             raise InvalidArgument(f"--dns-server: {exc}") from exc
+    if args.version_interval <= 0:
+        raise InvalidArgument("--version-interval must be positive")
     if args.deadline_ms <= 0:
         raise InvalidArgument("--deadline-ms must be positive")
     limits = dataclasses.replace(DEFAULT_LIMITS, default_deadline_s=args.deadline_ms / 1000.0)
@@ -89,6 +96,7 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
         hedge_after_ms=args.hedge_after_ms,
         drain_grace_s=args.drain_grace,
         metrics_port=args.metrics_port,
+        version_interval_s=args.version_interval,
         balancer=BalancerConfig(
             eject_after_failures=args.eject_after, reprobe_interval_s=args.reprobe_interval
         ),
@@ -101,5 +109,6 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
 def run(args: argparse.Namespace) -> int:
     from coordinator.server import serve
 
+    configure(args.log_format)
     asyncio.run(serve(build_config(args)))
     return 0

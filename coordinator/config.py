@@ -39,6 +39,8 @@ class CoordinatorConfig:
     deadline_margin_s: float = 0.02
     probe_timeout_s: float = 1.0
     stats_interval_s: float = 30.0
+    # How often every live replica is asked which index versions it holds (version pinning).
+    version_interval_s: float = 1.0
     drain_grace_s: float = 5.0
     metrics_port: int | None = None
     balancer: BalancerConfig = field(default_factory=BalancerConfig)

@@ -23,7 +23,8 @@ from cbir.rpc.serving import channel_options
 from coordinator.balancer import ShardBalancer
 from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
-from protos import cbir_pb2_grpc
+from coordinator.versions import VersionTracker
+from protos import cbir_pb2, cbir_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Fanout:
         hedge = config.hedge_after_ms
         self.hedge_s = hedge / 1000.0 if hedge is not None and hedge > 0 else None
         self._closers: set[asyncio.Task[None]] = set()
+        self.versions = VersionTracker()
 
     # ------------------------------------------------------------- topology
 
@@ -96,6 +98,7 @@ class Fanout:
             for address in removed:
                 replica = self.replicas.pop((shard, address))
                 replica.retired = True
+                self.versions.forget(shard, address)
                 log.info("shard %d: replica %s removed", shard, address)
                 if replica.in_flight == 0:
                     self._close_later(replica)
@@ -113,6 +116,31 @@ class Fanout:
         task = asyncio.get_running_loop().create_task(replica.channel.close())
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
+
+    def live_addresses(self) -> dict[int, list[str]]:
+        return {s: [r.address for r in b.live()] for s, b in self.balancers.items()}
+
+    def pinned_version(self) -> str | None:
+        """The newest index version every shard has a live replica for (None: unknown)."""
+        return self.versions.choose(self.live_addresses(), self.config.num_shards)
+
+    async def poll_versions(self, timeout_s: float) -> None:
+        """Ask every live replica which index versions it holds (Stats), directly: a poll is
+        not a query, so it does not move the balancer's latency or failure counts."""
+        live = [(s, a) for s, addresses in self.live_addresses().items() for a in addresses]
+        await asyncio.gather(*(self._poll_one(s, a, timeout_s) for s, a in live))
+
+    async def _poll_one(self, shard: int, address: str, timeout_s: float) -> None:
+        replica = self.replicas.get((shard, address))
+        if replica is None:
+            return
+        try:
+            stats = await replica.stub.Stats(cbir_pb2.StatsRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("shard %d: version poll of %s failed: %s", shard, address, exc.code().name)
+            self.versions.forget(shard, address)
+            return
+        self.versions.report(shard, address, stats.held_versions or [stats.index_version])
 
     def live_counts(self) -> dict[int, int]:
         return {s: len(b.live()) for s, b in self.balancers.items()}
@@ -138,9 +166,11 @@ class Fanout:
         fn: ShardCall[T],
         deadline: float,
         retry_codes: frozenset[grpc.StatusCode] = RETRYABLE,
+        prefer: set[str] | None = None,
     ) -> T:
-        """One logical call to ``shard``: retried on other replicas, maybe hedged."""
-        attempt: _Attempts[T] = _Attempts(self, shard, fn, deadline)
+        """One logical call to ``shard``: retried on other replicas, maybe hedged. Replicas in
+        ``prefer`` (e.g. those holding a pinned index version) are tried first."""
+        attempt: _Attempts[T] = _Attempts(self, shard, fn, deadline, prefer)
         try:
             return await attempt.run(retry_codes)
         finally:
@@ -203,8 +233,10 @@ class Fanout:
 class _Attempts(Generic[T]):
     """The attempts of one logical call: at most one in flight, plus one hedge."""
 
-    def __init__(self, fanout: Fanout, shard: int, fn: ShardCall[T], deadline: float) -> None:
+    def __init__(self, fanout: Fanout, shard: int, fn: ShardCall[T], deadline: float,
+                 prefer: set[str] | None = None) -> None:
         self.fanout = fanout
+        self.prefer = prefer
         self.shard = shard
         self.fn = fn
         self.deadline = deadline
@@ -219,7 +251,13 @@ class _Attempts(Generic[T]):
             self.last_reason = f"deadline exceeded ({self.last_reason})"
             self.last_code = Code.DEADLINE_EXCEEDED
             return False
-        address = self.fanout.balancers[self.shard].pick(exclude=self.tried)
+        balancer = self.fanout.balancers[self.shard]
+        address = None
+        if self.prefer is not None:
+            others = set(balancer.replicas) - self.prefer
+            address = balancer.pick(exclude=self.tried | others)
+        if address is None:
+            address = balancer.pick(exclude=self.tried)
         if address is None:
             return False
         self.tried.add(address)
@@ -258,6 +296,8 @@ class _Attempts(Generic[T]):
                 self.last_reason = f"{address}: {exc.code().name}: {exc.details()}"
                 if exc.code() not in retry_codes:
                     raise ShardCallFailed(self.shard, self.last_reason, self.last_code)
+                if exc.code() == Code.FAILED_PRECONDITION:
+                    metrics.version_retries.labels(str(self.shard)).inc()
             if not self.pending and self.launch():
                 metrics.retries.labels(str(self.shard)).inc()
         raise ShardCallFailed(self.shard, self.last_reason, self.last_code)

@@ -14,7 +14,8 @@ class CoordinatorMetrics:
             ["query", "code"], registry=r,
         )
         self.latency = Histogram(
-            "cbir_coordinator_request_seconds", "Search latency by query type", ["query"],
+            "cbir_coordinator_request_seconds", "Search latency by query type and status code",
+            ["query", "code"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
         )
         self.partial = Counter(
@@ -39,6 +40,16 @@ class CoordinatorMetrics:
         self.hedges = Counter(
             "cbir_coordinator_hedged_calls", "Second calls sent to a slow shard", ["shard"],
             registry=r,
+        )
+        self.version_info = Gauge(
+            "cbir_coordinator_index_version_info",
+            "1 for the index version queries are pinned to (complete in every shard)",
+            ["index_version"], registry=r,
+        )
+        self.version_retries = Counter(
+            "cbir_coordinator_version_retries",
+            "Shard calls re-sent because a replica did not hold the pinned index version",
+            ["shard"], registry=r,
         )
         self.live_replicas = Gauge(
             "cbir_coordinator_live_replicas", "Replicas in rotation per shard", ["shard"],

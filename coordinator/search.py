@@ -1,9 +1,11 @@
 """One query across every shard: fan out, keep one index version, merge top-K exactly.
 
-Index-version rule: an answer never mixes index versions. The version answered by the most
-shards wins (ties: the greatest version string, i.e. the newest for time-ordered versions);
-shards that answered with another version are asked again with ``index_version`` pinned to it
-(any replica that holds it may answer); those that still cannot are reported as failed shards.
+Index-version rule: an answer never mixes index versions. Normally every query is pinned up
+front to the newest version that every shard has a live replica for (``coordinator.versions``,
+from the replicas' ``Stats.held_versions``) and sent first to replicas holding it; a replica
+without it answers FAILED_PRECONDITION and another replica is tried. Before any replica has
+reported, the version answered by the most shards wins and the other shards are asked again
+pinned to it. A shard that cannot answer in the chosen version is a failed shard (partial).
 """
 
 from __future__ import annotations
@@ -121,9 +123,40 @@ class DistributedSearch:
             vectors=np.ascontiguousarray(query, dtype="<f4").tobytes(), dim=int(query.shape[0]),
             k=k + (1 if exclude_id is not None else 0), params=params, request_id=request_id,
         )
-        answers = await self._fan_out(request, range(self.num_shards), deadline, RETRYABLE)
+        pinned = self.fanout.pinned_version()
+        if pinned is not None:
+            answers = await self._pinned(request, pinned, deadline)
+            version = pinned
+        else:
+            answers, version = await self._by_majority(request, deadline)
         if not answers:
             raise Unavailable(f"no shard answered ({self.num_shards} shards, request {request_id})")
+        hits, metric = self._merge(answers, k, exclude_id)
+        failed = tuple(s for s in range(self.num_shards) if s not in hits)
+        merged = merge_top_k(list(hits.values()), k, metric, exclude_id)
+        return SearchAnswer(merged, failed, version, metric)
+
+    async def _pinned(
+        self, request: cbir_pb2.ShardSearchRequest, version: str, deadline: float
+    ) -> dict[int, cbir_pb2.ShardSearchResponse]:
+        """Every shard asked for ``version``, first on the replicas known to hold it."""
+        request.index_version = version
+        answers = await self._fan_out(request, range(self.num_shards), deadline,
+                                      PINNED_RETRYABLE, version)
+        wrong = [s for s, a in answers.items() if a.index_version != version]
+        for shard in wrong:  # a replica that ignored the pin: never merge another version
+            log.error("shard %d answered version %s to a query pinned to %s; left out",
+                      shard, answers.pop(shard).index_version, version)
+        return answers
+
+    async def _by_majority(
+        self, request: cbir_pb2.ShardSearchRequest, deadline: float
+    ) -> tuple[dict[int, cbir_pb2.ShardSearchResponse], str]:
+        """Before any replica has reported its versions: ask unpinned, keep the majority
+        version and ask the other shards again pinned to it."""
+        answers = await self._fan_out(request, range(self.num_shards), deadline, RETRYABLE)
+        if not answers:
+            return answers, ""
         version = majority([a.index_version for a in answers.values()])
         stragglers = [s for s, a in answers.items() if a.index_version != version]
         if stragglers:
@@ -134,11 +167,9 @@ class DistributedSearch:
             pinned = cbir_pb2.ShardSearchRequest()
             pinned.CopyFrom(request)
             pinned.index_version = version
-            answers.update(await self._fan_out(pinned, stragglers, deadline, PINNED_RETRYABLE))
-        hits, metric = self._merge(answers, k, exclude_id)
-        failed = tuple(s for s in range(self.num_shards) if s not in hits)
-        merged = merge_top_k(list(hits.values()), k, metric, exclude_id)
-        return SearchAnswer(merged, failed, version, metric)
+            answers.update(await self._fan_out(pinned, stragglers, deadline, PINNED_RETRYABLE,
+                                               version))
+        return answers, version
 
     async def _fan_out(
         self,
@@ -146,6 +177,7 @@ class DistributedSearch:
         shards: range | list[int],
         deadline: float,
         retry_codes: frozenset[grpc.StatusCode],
+        version: str | None = None,
     ) -> dict[int, cbir_pb2.ShardSearchResponse]:
         async def one(shard: int) -> cbir_pb2.ShardSearchResponse | None:
             def call(
@@ -153,8 +185,9 @@ class DistributedSearch:
             ) -> Awaitable[cbir_pb2.ShardSearchResponse]:
                 return stub.Search(request, timeout=timeout)
 
+            prefer = self.fanout.versions.holders(shard, version) if version else None
             try:
-                return await self.fanout.call(shard, call, deadline, retry_codes)
+                return await self.fanout.call(shard, call, deadline, retry_codes, prefer)
             except ShardCallFailed as exc:
                 log.warning("left out of request %s: %s", request.request_id, exc)
                 self.fanout.metrics.shard_failures.labels(str(shard)).inc()

@@ -81,6 +81,7 @@ class CoordinatorServer:
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_stats = float("-inf")
+        self._pinned: str | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -91,7 +92,8 @@ class CoordinatorServer:
         if self.config.metrics_port is not None:
             self.metrics.serve(self.config.metrics_port)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._refresh_loop()), loop.create_task(self._probe_loop())]
+        self._tasks = [loop.create_task(self._refresh_loop()), loop.create_task(self._probe_loop()),
+                       loop.create_task(self._version_loop())]
         if self._embedder_factory is not None:
             self._tasks.append(loop.create_task(self._load_embedder(self._embedder_factory)))
         log.info("coordinator listening on %s:%d", self.config.host, self.port)
@@ -148,6 +150,25 @@ class CoordinatorServer:
             fast = not self.ready.is_set()
             interval = self.config.resolve_interval_s
             await asyncio.sleep(min(interval, 0.2) if fast else interval)
+
+    async def poll_versions(self) -> None:
+        """Refresh which versions the live replicas hold; publish the pinned one."""
+        await self.fanout.poll_versions(self.config.probe_timeout_s)
+        pinned = self.fanout.pinned_version()
+        if pinned != self._pinned:
+            log.info("index version for queries: %s (was %s)", pinned, self._pinned)
+            self.metrics.version_info.clear()
+            if pinned is not None:
+                self.metrics.version_info.labels(pinned).set(1)
+            self._pinned = pinned
+
+    async def _version_loop(self) -> None:
+        while True:
+            try:
+                await self.poll_versions()
+            except Exception:
+                log.exception("index version polling failed")
+            await asyncio.sleep(self.config.version_interval_s)
 
     async def _probe_loop(self) -> None:
         period = max(self.config.balancer.reprobe_interval_s / 2, 0.05)

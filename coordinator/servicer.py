@@ -12,6 +12,7 @@ import numpy as np
 
 from cbir.errors import FailedPrecondition, InvalidArgument, ModelMismatch, Unavailable
 from cbir.rpc.deadlines import remaining_s
+from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
 from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
@@ -27,6 +28,8 @@ from coordinator.search import ClusterInfo, DistributedSearch
 from protos import cbir_pb2, cbir_pb2_grpc
 
 log = logging.getLogger(__name__)
+# One line per Search (INFO) with the request id the shards' access logs also carry.
+access_log = logging.getLogger("coordinator.access")
 
 
 @dataclass
@@ -62,6 +65,13 @@ class CoordinatorState:
         return self.embedder
 
 
+def request_id_of(request: cbir_pb2.SearchRequest) -> str:
+    """The caller's request id when well-formed (logged and forwarded to the shards as is),
+    else a fresh one: an id is for correlating logs, so a malformed one is replaced, not
+    refused (the reply carries the id actually used)."""
+    return clean_request_id(request.request_id) or uuid.uuid4().hex[:16]
+
+
 class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
     def __init__(
         self,
@@ -81,21 +91,28 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
     ) -> cbir_pb2.SearchResponse:
         query = request.WhichOneof("query") or "none"
         start = time.monotonic()
-        code = "OK"
+        code, partial, version = "OK", False, ""
+        request_id = request_id_of(request)
         try:
-            return await self._search(request, context)
+            reply = await self._search(request, context, request_id)
+            partial, version = reply.partial, reply.index_version
+            return reply
         except Exception as exc:
             code = status_for(exc).name
             raise
         finally:
+            seconds = time.monotonic() - start
             self.metrics.requests.labels(query, code).inc()
-            self.metrics.latency.labels(query).observe(time.monotonic() - start)
+            self.metrics.latency.labels(query, code).observe(seconds)
+            access_log.info(
+                "search request_id=%s query=%s code=%s partial=%s index_version=%s ms=%.2f",
+                request_id, query, code, partial, version or "-", seconds * 1000,
+            )
 
     async def _search(
-        self, request: cbir_pb2.SearchRequest, context: grpc.aio.ServicerContext
+        self, request: cbir_pb2.SearchRequest, context: grpc.aio.ServicerContext, request_id: str
     ) -> cbir_pb2.SearchResponse:
         deadline = time.monotonic() + remaining_s(context, self.config.limits)
-        request_id = request.request_id or uuid.uuid4().hex[:16]
         k = check_k(request.k, self.config.limits)
         check_params(request.params.nprobe, request.params.ef_search)
         info = self.state.require_info()
@@ -145,6 +162,6 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
             model=info.model,
             model_version=",".join(sorted(info.model_versions)),
             metric=info.metric,
-            index_version=info.index_version,
+            index_version=self.search.fanout.pinned_version() or info.index_version,
             live_replicas=self.search.fanout.live_counts(),
         )

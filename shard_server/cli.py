@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from cbir.errors import InvalidArgument
 from cbir.faiss_params import EF_SEARCH, NPROBE
 from cbir.limits import DEFAULT_LIMITS
+from cbir.rpc.logs import LOG_FORMATS, configure
+from cbir.rpc.security import add_security_arguments, server_security_from_args
 from shard_server.batcher import BatchConfig
 from shard_server.index_store import Expectations
 from shard_server.searcher import SearcherConfig
@@ -13,8 +16,16 @@ from shard_server.server import ServerConfig, main_async
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", required=True,
-                        help="index root (path or s3://) holding shard=NNN/")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", help="index root (path or s3://) holding shard=NNN/")
+    where.add_argument("--index-pointer", metavar="URI",
+                       help="object whose content is the index root to serve (e.g. "
+                            "s3://b/indexes/CURRENT); watched: a change loads the new version")
+    parser.add_argument("--pointer-interval", type=float, default=10.0, metavar="S",
+                        help="seconds between reads of --index-pointer")
+    parser.add_argument("--keep-previous-seconds", type=float, default=120.0, metavar="S",
+                        help="after a swap, keep answering queries pinned to the previous "
+                             "version this long (0 = free it at once)")
     parser.add_argument("--shard", type=int, required=True, help="which shard to serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="0 = any free port")
@@ -34,9 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra wait to batch concurrent queries (queued ones always batch)")
     parser.add_argument("--batch-max-rows", type=int, default=256)
     parser.add_argument("--no-batching", action="store_true")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="json = one JSON object per line")
+    add_security_arguments(parser, server=True)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if args.pointer_interval <= 0:
+        raise InvalidArgument("--pointer-interval must be positive")
+    if args.keep_previous_seconds < 0:
+        raise InvalidArgument("--keep-previous-seconds must be >= 0")
     defaults = {name: value for name, value in ((NPROBE, args.nprobe),
                                                 (EF_SEARCH, args.ef_search)) if value > 0}
     searcher = SearcherConfig(
@@ -47,11 +65,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         batch=BatchConfig(not args.no_batching, args.batch_window_ms / 1000,
                           args.batch_max_rows),
         threads=args.search_threads,
+        keep_previous_s=args.keep_previous_seconds,
     )
-    return ServerConfig(index_uri=args.index, searcher=searcher, host=args.host,
+    return ServerConfig(index_uri=args.index or "", searcher=searcher, host=args.host,
                         port=args.port, metrics_port=args.metrics_port,
-                        drain_s=args.drain_seconds)
+                        drain_s=args.drain_seconds, security=server_security_from_args(args),
+                        index_pointer=args.index_pointer,
+                        pointer_interval_s=args.pointer_interval)
 
 
 def run(args: argparse.Namespace) -> int:
+    configure(args.log_format)
     return main_async(config_from_args(args))

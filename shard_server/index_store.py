@@ -15,6 +15,8 @@ import logging
 import os
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,10 +175,18 @@ def load_shard(index_uri: str, shard: int, expect: Expectations) -> LoadedIndex:
 
 
 class IndexStore:
-    """The serving version; swapping is one reference assignment under a lock."""
+    """The serving version, plus the previous one for a grace period after a swap.
 
-    def __init__(self) -> None:
+    Swapping is one reference assignment under a lock. Keeping the previous version lets a
+    coordinator that pinned a query to it (because another shard does not have the new version
+    yet) still get an answer from this replica while a roll is under way.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._current: LoadedIndex | None = None
+        self._previous: LoadedIndex | None = None
+        self._previous_until = 0.0
+        self._clock = clock
         self._lock = threading.Lock()
 
     @property
@@ -189,7 +199,38 @@ class IndexStore:
             raise Unavailable("index not loaded yet")
         return current
 
-    def swap(self, new: LoadedIndex) -> LoadedIndex | None:
+    def previous(self) -> LoadedIndex | None:
+        """The previous version while its grace period lasts (then it is dropped)."""
+        with self._lock:
+            if self._previous is not None and self._clock() >= self._previous_until:
+                log.info("dropping previous index version %s", self._previous.version)
+                self._previous = None
+            return self._previous
+
+    def get(self, version: str = "") -> LoadedIndex:
+        """The index for a search pinned to ``version`` ("" = whatever is serving)."""
+        current = self.current()
+        if not version or version == current.version:
+            return current
+        previous = self.previous()
+        if previous is not None and previous.version == version:
+            return previous
+        raise FailedPrecondition(
+            f"index version {version!r} requested, {current.version!r} is serving"
+        )
+
+    def held_versions(self) -> list[str]:
+        """Serving version first, then the kept previous one."""
+        if self._current is None:
+            return []
+        previous = self.previous()
+        return [self._current.version, *([previous.version] if previous is not None else [])]
+
+    def swap(self, new: LoadedIndex, keep_previous_s: float = 0.0) -> LoadedIndex | None:
         with self._lock:
             old, self._current = self._current, new
+            if old is not None and old.version != new.version and keep_previous_s > 0:
+                self._previous, self._previous_until = old, self._clock() + keep_previous_s
+            elif self._previous is not None and self._previous.version == new.version:
+                self._previous = None  # rolled back to it: it is the current one now
         return old

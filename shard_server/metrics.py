@@ -21,7 +21,8 @@ class ShardMetrics:
             registry=self.registry,
         )
         self.latency = Histogram(
-            "cbir_shard_request_seconds", "RPC latency by method", ["method"],
+            "cbir_shard_request_seconds", "RPC latency by method and status code",
+            ["method", "code"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.queries = Counter(
@@ -35,12 +36,24 @@ class ShardMetrics:
             "cbir_shard_index_info", "1 for the serving index version", ["index_version", "shard"],
             registry=self.registry,
         )
+        self.loads = Counter(
+            "cbir_shard_index_loads", "index loads by trigger (start|rpc|pointer) and result",
+            ["source", "result"], registry=self.registry,
+        )
+        self.pointer_errors = Counter(
+            "cbir_shard_index_pointer_errors", "index pointer reads that failed",
+            registry=self.registry,
+        )
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
+        self.latency.labels(method, code).observe(seconds)
 
-    def index_loaded(self, loaded: LoadedIndex) -> None:
+    def load_failed(self, source: str) -> None:
+        self.loads.labels(source, "refused").inc()
+
+    def index_loaded(self, loaded: LoadedIndex, source: str = "rpc") -> None:
+        self.loads.labels(source, "ok").inc()
         self.vectors.set(loaded.manifest.count)
         self.memory.set(loaded.memory_bytes)
         self.version.clear()

@@ -51,6 +51,9 @@ class SearcherConfig:
     limits: Limits = DEFAULT_LIMITS
     batch: BatchConfig = field(default_factory=BatchConfig)
     threads: int = 2
+    # After a swap, the previous version keeps answering searches pinned to it this long, so a
+    # coordinator can finish a roll across shards without partial answers (0 = free at once).
+    keep_previous_s: float = 0.0
 
 
 def decode_queries(data: bytes, dim: int, index_dim: int, limits: Limits) -> np.ndarray:
@@ -122,11 +125,7 @@ class ShardSearcher:
 
     async def search(self, data: bytes, dim: int, k: int, params: dict[str, int],
                      index_version: str = "") -> SearchResult:
-        loaded = self.store.current()
-        if index_version and index_version != loaded.version:
-            raise FailedPrecondition(
-                f"index version {index_version!r} requested, {loaded.version!r} is serving"
-            )
+        loaded = self.store.get(index_version)
         check_k(k, self.config.limits)
         queries = decode_queries(data, dim, loaded.manifest.dim, self.config.limits)
         merged = merge_params(self.defaults(loaded), params)
@@ -158,8 +157,13 @@ class ShardSearcher:
             if old is not None:
                 check_compatible(old, new)
             await asyncio.to_thread(smoke_test, new)
-            self.store.swap(new)
-            log.info("serving %s (was %s)", new.version, old.version if old else None)
+            keep_s = self.config.keep_previous_s
+            self.store.swap(new, keep_s)
+            if old is not None and keep_s > 0:
+                # Drop the previous version (and its memory) when its grace period ends.
+                asyncio.get_running_loop().call_later(keep_s + 0.01, self.store.previous)
+            log.info("serving %s (was %s; kept for pinned queries %.0f s)", new.version,
+                     old.version if old else None, keep_s if old else 0)
             return new, old
 
     async def close(self) -> None:

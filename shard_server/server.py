@@ -17,12 +17,16 @@ import logging
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cbir.errors import CbirError
+from cbir.rpc.auth import BearerTokenInterceptor
+from cbir.rpc.security import ServerSecurity, server_credentials
 from cbir.rpc.serving import Serving
 from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.metrics import ShardMetrics
+from shard_server.pointer import PointerWatch, read_pointer
 from shard_server.searcher import SearcherConfig, ShardSearcher
 from shard_server.servicer import ShardServicer
 
@@ -34,12 +38,16 @@ SERVICE_NAME = cbir_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
 
 @dataclass(frozen=True)
 class ServerConfig:
-    index_uri: str
+    index_uri: str  # "" when index_pointer names it
     searcher: SearcherConfig
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 0  # 0 = no metrics endpoint
     drain_s: float = 5.0
+    security: ServerSecurity = field(default_factory=ServerSecurity)
+    # A small object whose content is the index URI to serve; polled, a change = LoadIndex.
+    index_pointer: str | None = None
+    pointer_interval_s: float = 10.0
 
 
 class ShardServer:
@@ -47,30 +55,85 @@ class ShardServer:
         self.config = config
         self.metrics = ShardMetrics()
         self.searcher = ShardSearcher(config.searcher)
-        self.serving = Serving([SERVICE_NAME], limits=config.searcher.limits)
+        auth = config.security.auth
+        interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
+        self.serving = Serving([SERVICE_NAME], limits=config.searcher.limits,
+                               interceptors=interceptors)
         cbir_pb2_grpc.add_ShardServicer_to_server(
             ShardServicer(self.searcher, self.metrics), self.serving.server
         )
+        self.watch = PointerWatch(retry_failed_s=max(60.0, 6 * config.pointer_interval_s))
+        self._watcher: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self, load: bool = True) -> int:
         """Bind and start (NOT_SERVING), then load the index unless told not to."""
-        self.port = self.serving.bind(self.config.host, self.config.port)
+        tls = self.config.security.tls
+        if self.config.security.auth is not None and tls is None:
+            log.warning("bearer tokens without TLS: tokens cross the network in clear")
+        creds = server_credentials(tls) if tls is not None else None
+        self.port = self.serving.bind(self.config.host, self.config.port, creds)
         await self.serving.start()
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)
-        log.info("shard %d listening on %s:%d", self.config.searcher.shard,
-                 self.config.host, self.port)
+        log.info("shard %d listening on %s:%d (tls=%s, tokens=%s)", self.config.searcher.shard,
+                 self.config.host, self.port, tls is not None,
+                 self.config.security.auth is not None)
         if load:
             await self.load()
         return self.port
 
     async def load(self) -> None:
-        new, _ = await self.searcher.load(self.config.index_uri)
-        self.metrics.index_loaded(new)
+        """The first load: the pointer's target (if watching one) or ``index_uri``."""
+        target = self.config.index_uri
+        if self.config.index_pointer is not None:
+            target = await asyncio.to_thread(read_pointer, self.config.index_pointer)
+        try:
+            new, _ = await self.searcher.load(target)
+        except Exception:
+            self.metrics.load_failed("start")
+            raise
+        self.metrics.index_loaded(new, "start")
+        self.watch.loaded(target)
         await self.serving.set_serving(True)
+        if self.config.index_pointer is not None and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_pointer())
+
+    async def _watch_pointer(self) -> None:
+        assert self.config.index_pointer is not None
+        while True:
+            await asyncio.sleep(self.config.pointer_interval_s)
+            await self.check_pointer(self.config.index_pointer)
+
+    async def check_pointer(self, pointer: str) -> None:
+        """One poll: load the pointer's target if it changed; failures keep the old version."""
+        try:
+            target = await asyncio.to_thread(read_pointer, pointer)
+        except CbirError as exc:
+            log.warning("index pointer %s unreadable: %s", pointer, exc)
+            self.metrics.pointer_errors.inc()
+            return
+        except Exception:
+            log.exception("index pointer %s unreadable", pointer)
+            self.metrics.pointer_errors.inc()
+            return
+        if not self.watch.wants(target):
+            return
+        log.info("index pointer %s -> %s: loading", pointer, target)
+        try:
+            new, _ = await self.searcher.load(target)
+        except Exception as exc:
+            self.watch.failed(target)
+            self.metrics.load_failed("pointer")
+            log.error("index %s (from pointer %s) refused, still serving %s: %s", target, pointer,
+                      self.searcher.store.current().version, exc)
+            return
+        self.watch.loaded(target)
+        self.metrics.index_loaded(new, "pointer")
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.serving.drain_and_stop(self.config.drain_s if grace_s is None else grace_s)
         await self.searcher.close()
         self.metrics.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,12 +13,15 @@ import grpc
 import numpy as np
 
 from cbir.faiss_params import EF_SEARCH, NPROBE
+from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
 from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.metrics import ShardMetrics
 from shard_server.searcher import ShardSearcher
 
 R = TypeVar("R")
+# One line per RPC (INFO): method, status, request id (the coordinator's, propagated), latency.
+access_log = logging.getLogger("shard_server.access")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 
 
@@ -39,7 +43,11 @@ def observed(name: str) -> Callable[[Method[R]], Method[R]]:
                 code = status_for(exc).name
                 raise
             finally:
-                self.metrics.observe(name, code, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self.metrics.observe(name, code, seconds)
+                access_log.info("rpc method=%s code=%s request_id=%s ms=%.2f", name, code,
+                                clean_request_id(getattr(request, "request_id", "")) or "-",
+                                seconds * 1000)
 
         return wrapper
 
@@ -98,6 +106,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             factory=m.factory, index_version=m.index_version, model=m.model,
             model_version=m.model_version, search_params=self.searcher.defaults(loaded),
             memory_bytes=loaded.memory_bytes, queries_served=self.searcher.queries_served,
+            held_versions=self.searcher.store.held_versions(),
         )
 
     @grpc_errors
@@ -105,7 +114,11 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
     async def LoadIndex(
         self, request: cbir_pb2.LoadIndexRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.LoadIndexResponse:
-        new, old = await self.searcher.load(request.index_uri)
+        try:
+            new, old = await self.searcher.load(request.index_uri)
+        except Exception:
+            self.metrics.load_failed("rpc")
+            raise
         self.metrics.index_loaded(new)
         return cbir_pb2.LoadIndexResponse(
             swapped=True,

@@ -1,0 +1,72 @@
+"""The "current index version" pointer: a small object (S3 or local file) whose content is the
+URI of the index version root to serve, e.g. ``s3://b/indexes/CURRENT`` -> ``s3://b/indexes/v2``.
+
+Flipping it is one atomic write (a single PUT on S3, temp + rename locally), so a watcher reads
+either the old or the new URI, never a torn one. Shard servers started with ``--index-pointer``
+poll it and run the same load-check-swap as the ``LoadIndex`` RPC when it changes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from cbir import index_layout, storage
+from cbir.errors import InvalidArgument, NotFound
+from cbir.schema import INDEX_MANIFEST
+
+MAX_POINTER_BYTES = 4096
+
+
+def read_pointer(pointer_uri: str) -> str:
+    """The index URI the pointer names (stripped); NotFound / InvalidArgument when unusable."""
+    data = storage.read_bytes(pointer_uri)
+    if len(data) > MAX_POINTER_BYTES:
+        raise InvalidArgument(f"index pointer {pointer_uri} is {len(data)} bytes; not a pointer")
+    try:
+        target = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"index pointer {pointer_uri} is not UTF-8 text") from exc
+    if not target or "\n" in target:
+        raise InvalidArgument(f"index pointer {pointer_uri} must hold exactly one URI")
+    return target
+
+
+def write_pointer(pointer_uri: str, target: str, check: bool = True) -> None:
+    """Point ``pointer_uri`` at ``target`` atomically. With ``check``, the target must be a
+    committed index (its top-level manifest, written last by the build, exists)."""
+    target = target.strip()
+    if not target or "\n" in target:
+        raise InvalidArgument("the index URI must be one non-empty line")
+    if check and not storage.exists(index_layout.index_manifest_uri(target)):
+        raise NotFound(f"{target} is not a committed index (no {INDEX_MANIFEST})")
+    storage.write_bytes(pointer_uri, (target + "\n").encode("utf-8"))
+
+
+@dataclass
+class PointerWatch:
+    """Decides when a pointer value is worth (re)loading. Pure: the caller reads and loads.
+
+    A value that failed to load is not retried every poll (a corrupt index would be downloaded
+    and refused over and over), only after ``retry_failed_s``, or at once when the pointer
+    moves on."""
+
+    retry_failed_s: float = 60.0
+    serving_target: str | None = None
+    failed_target: str | None = None
+    failed_at: float = float("-inf")
+
+    def wants(self, target: str, now: float | None = None) -> bool:
+        if target == self.serving_target:
+            return False
+        if target == self.failed_target:
+            elapsed = (time.monotonic() if now is None else now) - self.failed_at
+            return elapsed >= self.retry_failed_s
+        return True
+
+    def loaded(self, target: str) -> None:
+        self.serving_target, self.failed_target = target, None
+
+    def failed(self, target: str, now: float | None = None) -> None:
+        self.failed_target = target
+        self.failed_at = time.monotonic() if now is None else now
