@@ -70,7 +70,9 @@ def output_prefix_in(input_uri: str, output_uri: str) -> str | None:
     src, dst = storage.parse_s3(input_uri), storage.parse_s3(output_uri)
     if src.bucket != dst.bucket:
         return None
-    return f"{dst.key.rstrip('/')}/" if dst.key else ""
+    if not dst.key.strip("/"):
+        raise InvalidArgument("--output must not be the root of the input bucket: use a prefix")
+    return f"{dst.key.rstrip('/')}/"
 
 
 def make_tasks(
@@ -98,7 +100,10 @@ def _read_keys(uri: str) -> tuple[list[str], bytes | None]:
 def scan_output(output: str) -> ExistingOutput:
     """Read the key column of every committed part and error part (in parallel)."""
     found = ExistingOutput()
-    names = [n for n in storage.list_names(output) if n.endswith(PART_SUFFIX)]
+    try:
+        names = [n for n in storage.list_names(output) if n.endswith(PART_SUFFIX)]
+    except (BotoCoreError, ClientError) as exc:
+        raise reader.translate(exc, f"output {output}") from exc
     parts = [n for n in names if "/" not in n and n.startswith(PART_PREFIX)]
     errors = [n for n in names if n.startswith(f"{schema.ERRORS_DIR}/{PART_PREFIX}")]
     with ThreadPoolExecutor(8) as pool:

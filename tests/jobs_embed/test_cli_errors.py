@@ -71,3 +71,15 @@ def test_s3_errors_translate_to_typed_errors() -> None:
                       Unauthenticated)
     assert isinstance(reader.translate(_client_error("AccessDenied"), "x"), PermissionDenied)
     assert isinstance(reader.translate(NoCredentialsError(), "x"), Unauthenticated)
+
+
+def test_missing_output_bucket_and_output_at_input_root(
+    image_bucket: ImageBucket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = f"s3://{image_bucket.bucket}/photos"
+    rc, _, err = _cli(capsys, "--input", src, "--output", "s3://no-such-out-bucket/e",
+                      "--engine", "sequential")
+    assert rc == 2 and "output s3://no-such-out-bucket/e: bucket does not exist" in err
+    rc, _, err = _cli(capsys, "--input", src, "--output", f"s3://{image_bucket.bucket}",
+                      "--engine", "sequential")
+    assert rc == 2 and "must not be the root of the input bucket" in err
