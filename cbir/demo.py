@@ -74,15 +74,20 @@ def run(args: argparse.Namespace) -> int:
         seed_bucket(photos)
         embeddings, index = f"s3://{DATA_BUCKET}/embeddings", f"s3://{DATA_BUCKET}/indexes/v1"
         run_cli("backfill", "--input", f"s3://{PHOTO_BUCKET}/photos", "--output", embeddings,
-                "--master", cfg.master)
+                "--master", cfg.master, "--num-shards", str(cfg.shards))
+        show_skipped(embeddings)
         run_cli("build-index", "--embeddings", embeddings, "--output", index,
                 "--shards", str(cfg.shards), "--master", cfg.master)
         coordinator = start_cluster(cfg, procs, index)
         accuracy = query_edited_photos(coordinator, photos, cfg.k)
         say(f"top-1 = original for {accuracy:.1%} of edited-photo queries")
+        query_by_id(coordinator, photos[0], cfg.k)
+        example = cfg.workdir / f"{photos[0].name}-crop.jpg"
+        example.write_bytes(dict(edited_copies(photos[0]))["crop"])
         if cfg.serve:
             say(f"coordinator serving on {coordinator}; try in another shell:\n"
-                f"  .venv/bin/cbir query --coordinator {coordinator} PATH/TO/IMAGE.jpg\n"
+                f"  .venv/bin/cbir query --coordinator {coordinator} {example}\n"
+                f"  .venv/bin/cbir query --coordinator {coordinator} {example} --json\n"
                 "Press Ctrl-C to stop.")
             procs.wait_forever()
     return 0
@@ -130,6 +135,27 @@ def run_cli(*argv: str) -> None:
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "cbir.cli", "-v", *argv], check=True)
     say(f"{argv[0]} finished in {time.monotonic() - started:.1f}s")
+
+
+def show_skipped(embeddings: str) -> None:
+    """The backfill's errors table: what was skipped and why (nothing is silently dropped)."""
+    import pyarrow.dataset as ds
+
+    fs, path = storage.filesystem(storage.join(embeddings, "_errors"))
+    table = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=["key", "reason"])
+    for row in table.to_pylist():
+        say(f"  skipped {row['key']}: {row['reason']}")
+
+
+def query_by_id(coordinator: str, photo: Photo, k: int) -> None:
+    from cbir.client import CoordinatorClient
+    from cbir.ids import image_id
+
+    key = f"s3://{PHOTO_BUCKET}/photos/{photo.name}.jpg"
+    with CoordinatorClient(coordinator) as client:
+        result = client.search_id(image_id(key), k=k, exclude_query_image=True)
+    shown = "  ".join(f"{h.key.rsplit('/', 1)[-1]} {h.score:.3f}" for h in result.hits)
+    say(f"query by image id {image_id(key)} ({photo.name}.jpg, itself excluded) -> {shown}")
 
 
 def free_port() -> int:
