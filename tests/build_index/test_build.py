@@ -127,7 +127,8 @@ def test_spark_build_equals_sequential(spark: object, tmp_path: Path) -> None:
 
     emb = str(tmp_path / "emb")
     fx.write_run(emb, fx.table(fx.keys_for(3000), fx.glove(3000)), parts=4)
-    tasks, trained, _ = plan(_config(emb, "unused", 3, "IVF32,Flat", tune_queries=100))
+    tasks, trained, _ = plan(_config(emb, str(tmp_path / "plan"), 3, "IVF32,Flat",
+                                     tune_queries=100))
     seq = run_sequential([dataclasses.replace(t, output=str(tmp_path / "a")) for t in tasks],
                          trained)
     par = run_spark([dataclasses.replace(t, output=str(tmp_path / "b")) for t in tasks],
