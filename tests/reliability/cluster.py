@@ -62,6 +62,7 @@ def build_version(tmp: Path, name: str, vectors: np.ndarray, bucket: str = "phot
     fx.write_run(emb, fx.table(keys, vectors))
     top = build_index(BuildConfig(emb, str(tmp / name), SHARDS, "Flat", tune_queries=50))
     ids = np.array([image_id(k) for k in keys], dtype=np.int64)
+    assert top is not None
     return Version(str(tmp / name), top.index_version, ids, vectors)
 
 
@@ -69,7 +70,7 @@ def query_pool(versions: Sequence[Version], n: int, seed: int = 5) -> np.ndarray
     """Perturbed stored vectors whose top-k is unambiguous in every version."""
     rng = np.random.default_rng(seed)
     base = versions[0].vectors
-    out = []
+    out: list[np.ndarray] = []
     while len(out) < n:
         q = base[rng.integers(len(base))] + 0.3 * rng.standard_normal(base.shape[1])
         q = (q / np.linalg.norm(q)).astype(np.float32)

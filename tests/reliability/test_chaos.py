@@ -42,7 +42,7 @@ def chaos(replicas: list[list[ShardProcess]], stop: threading.Event, kills: list
 def test_sigkill_replicas_under_load(glove_v1: Version, tmp_path: Path) -> None:
     replicas = start_replicas(lambda s: ShardProcess(s, ["--index", glove_v1.root], tmp_path))
     coordinator = Coordinator(replicas)
-    stop, kills = threading.Event(), []
+    stop, kills = threading.Event(), list[str]()
     killer = threading.Thread(target=chaos, args=(replicas, stop, kills), daemon=True)
     try:
         with QueryLoad(coordinator.port, query_pool([glove_v1], 300), [glove_v1]) as load:
