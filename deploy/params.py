@@ -72,6 +72,9 @@ class OverlayParams:
     index_load_mib_per_s: float = 50.0
     shard_cpu: str = "1"
     anti_affinity: str = "preferred"  # "required": never two replicas of a shard on one node
+    # "tls": servers serve TLS from Secrets; "mtls": shards also require the coordinator's
+    # client certificate (deploy/tls.py; docs/security.md).
+    tls: str = "off"
     drain_seconds: int = 20
     resolve_interval: int = 5
     coordinator_min_replicas: int = 2
@@ -93,6 +96,8 @@ class OverlayParams:
             raise ParamsError("replicas must be >= 2 (a shard needs a spare to drain a node)")
         if self.anti_affinity not in ("preferred", "required"):
             raise ParamsError("anti_affinity must be 'preferred' or 'required'")
+        if self.tls not in ("off", "tls", "mtls"):
+            raise ParamsError("tls must be 'off', 'tls' or 'mtls'")
         if self.drain_seconds <= self.resolve_interval:
             raise ParamsError("drain_seconds must exceed resolve_interval (coordinators must "
                               "notice a draining replica is gone before it stops answering)")

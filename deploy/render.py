@@ -34,6 +34,7 @@ from deploy.params import (
     kustomize_labels,
     load_params,
 )
+from deploy.tls import coordinator_patch, secure_shard_pod
 from deploy.yamlio import dump_all
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def _set_slot(deployment: dict[str, Any], slot: str, index_uri: str,
     pod = dep["spec"]["template"]["spec"]
     pod["affinity"] = _affinity(params, shard)
     pod["containers"][0]["args"] = _shard_args(params, shard, index_uri)
+    secure_shard_pod(pod, params.tls)
     return dep
 
 
@@ -138,9 +140,18 @@ def serving_kustomization(params: OverlayParams, base: str,
             {"target": {"kind": "HorizontalPodAutoscaler", "name": "cbir-coordinator"},
              "patch": dump_all([hpa_patch])},
             {"target": {"kind": "Deployment", "name": "cbir-coordinator"},
-             "patch": dump_all([replicas_patch])},
+             "patch": dump_all([replicas_patch + coordinator_patch(params.tls,
+                                                                   base_coordinator_probes())])},
         ],
     }
+
+
+def base_coordinator_probes() -> dict[str, dict[str, Any]]:
+    """The base coordinator's gRPC probes (the TLS patch rewrites them as exec probes)."""
+    docs = yaml.safe_load_all((K8S_DIR / "base" / "coordinator.yaml").read_text())
+    dep = next(d for d in docs if d and d["kind"] == "Deployment")
+    ctr = dep["spec"]["template"]["spec"]["containers"][0]
+    return {name: ctr[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
 
 
 def render_overlay(params: OverlayParams, overlay_dir: Path) -> dict[str, str]:

@@ -117,6 +117,20 @@ def check_shard(docs: list[Doc], shard: int) -> list[str]:
     return problems
 
 
+def probe_target(probe: Doc) -> dict[str, Any] | None:
+    """{port, service} of a gRPC health probe: the built-in ``grpc:`` one, or (TLS) an exec of
+    ``python -m cbir.rpc.probe 127.0.0.1:PORT --service=S`` that also names a CA to trust."""
+    if "grpc" in probe:
+        return dict(probe["grpc"])
+    command = probe.get("exec", {}).get("command", [])
+    if command[:3] != ["python", "-m", "cbir.rpc.probe"] or len(command) < 4:
+        return None
+    if not any(c.startswith("--tls-ca=") for c in command):
+        return None  # an exec probe only exists for TLS; without a CA it could not verify
+    service = next((c.split("=", 1)[1] for c in command if c.startswith("--service=")), "")
+    return {"port": int(command[3].rsplit(":", 1)[1]), "service": service}
+
+
 def check_shard_pod(workload: Doc, shard: int) -> list[str]:
     problems: list[str] = []
     spec = workload["spec"]
@@ -131,7 +145,7 @@ def check_shard_pod(workload: Doc, shard: int) -> list[str]:
     if int(flag(args, "port")) != ports.get("grpc"):
         problems.append("--port is not the container's grpc port")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        grpc = ctr.get(probe, {}).get("grpc")
+        grpc = probe_target(ctr.get(probe, {}))
         if not grpc or grpc.get("port") != ports.get("grpc"):
             problems.append(f"{probe} is not a gRPC probe on the grpc port")
         elif probe != "livenessProbe" and grpc.get("service") != "cbir.v1.Shard":

@@ -26,6 +26,7 @@ from tests.deploy.manifests import (
     flag,
     kustomize,
     named,
+    probe_target,
     of_kind,
 )
 
@@ -96,10 +97,11 @@ def test_coordinator_discovers_exactly_the_shard_services(overlay: str) -> None:
     assert check_coordinator(docs, params.namespace) == []
     dep = named(docs, "Deployment", "cbir-coordinator")
     ctr = container(dep)
-    probes = [ctr[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
-    assert {p["port"] for p in probes} == {c["containerPort"] for c in ctr["ports"]
+    probes = [probe_target(ctr[p]) for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+    assert all(p is not None for p in probes)
+    assert {p["port"] for p in probes if p} == {c["containerPort"] for c in ctr["ports"]
                                          if c["name"] == "grpc"}
-    assert probes[1]["service"] == "cbir.v1.Coordinator"
+    assert probes[1] is not None and probes[1]["service"] == "cbir.v1.Coordinator"
     hpa = named(docs, "HorizontalPodAutoscaler", "cbir-coordinator")
     assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] == params.coordinator_min_replicas
@@ -200,3 +202,27 @@ def test_credential_check_catches_a_literal_key() -> None:
     ctr = named(docs, "Deployment", "cbir-shard-0")["spec"]["template"]["spec"]["containers"][0]
     ctr["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"})
     assert check_no_credentials(docs)
+
+
+def test_prod_serves_mutual_tls_from_mounted_secrets() -> None:
+    """overlay prod: tls = "mtls". Secrets are mounted as whole volumes (rotation reaches the
+    pods), servers get their --tls-* flags, the coordinator dials shards with its client cert,
+    and every probe is a TLS exec probe (the kubelet's grpc probe cannot do TLS)."""
+    docs = rendered("prod")
+    shard = named(docs, "Deployment", "cbir-shard-0")
+    coord = named(docs, "Deployment", "cbir-coordinator")
+    for dep, secret in ((shard, "cbir-shard-tls"), (coord, "cbir-coordinator-tls")):
+        pod = dep["spec"]["template"]["spec"]
+        ctr = container(dep)
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert secrets == {"tls": secret, "ca": "cbir-ca"}
+        mounts = {m["name"]: m for m in ctr["volumeMounts"]}
+        assert all("subPath" not in mounts[n] and mounts[n]["readOnly"] for n in ("tls", "ca"))
+        assert flag(ctr["args"], "tls-cert") == "/etc/cbir/tls/tls.crt"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "exec" in ctr[probe] and "grpc" not in ctr[probe]
+            assert "--tls-cert=/etc/cbir/tls/tls.crt" in ctr[probe]["exec"]["command"]
+    assert "--tls-require-client-cert" in container(shard)["args"]
+    assert flag(container(coord)["args"], "shard-tls-cert") == "/etc/cbir/tls/tls.crt"
+    dev = named(rendered("dev"), "Deployment", "cbir-shard-0")
+    assert "grpc" in container(dev)["readinessProbe"]  # dev stays plaintext
