@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,18 +59,57 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+class RequestStats:
+    """Process-wide count of S3 API calls and HTTP attempts made through ``s3_client``
+    clients: ``attempts - calls`` is how many requests botocore retried. Thread-safe; a Spark
+    worker runs one task at a time, so a task reads its own retries as a delta."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.attempts = 0
+
+    def _on_call(self, **_: Any) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def _on_send(self, **_: Any) -> None:
+        with self._lock:
+            self.attempts += 1
+
+    def retries(self) -> int:
+        with self._lock:
+            return max(0, self.attempts - self.calls)
+
+
+S3_REQUESTS = RequestStats()
+
+
 def s3_client(max_attempts: int = 8) -> Any:
-    """A boto3 S3 client honouring the standard env; retries throttling/5xx with jitter."""
+    """A boto3 S3 client honouring the standard env.
+
+    botocore's retry layer handles every *request-level* transient fault: throttling (503
+    SlowDown, 429, ...), 500/502/503/504, connection resets/timeouts before a response. Mode
+    ``standard`` (exponential backoff with full jitter, capped at 20 s; a retry quota stops
+    retry storms) unless ``AWS_RETRY_MODE`` says otherwise (``adaptive`` adds client-side rate
+    limiting); ``AWS_MAX_ATTEMPTS`` overrides ``max_attempts`` (total tries, first included).
+    """
     import boto3
     from botocore.config import Config
 
     cfg = Config(
-        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        retries={
+            "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or max_attempts),
+            "mode": os.environ.get("AWS_RETRY_MODE") or "standard",
+        },
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=32,
     )
-    return boto3.client("s3", endpoint_url=endpoint_url(), config=cfg)
+    client = boto3.client("s3", endpoint_url=endpoint_url(), config=cfg)
+    client.meta.events.register("before-call.s3", S3_REQUESTS._on_call)
+    client.meta.events.register("before-send.s3", S3_REQUESTS._on_send)
+    return client
 
 
 @lru_cache(maxsize=4)
@@ -80,6 +120,8 @@ def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSyste
         kwargs["endpoint_override"] = parsed.netloc or endpoint
         kwargs["scheme"] = parsed.scheme or "https"
     kwargs["region"] = region or "us-east-1"
+    # Same budget as boto3's clients (pyarrow's default is 3 tries).
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=8)
     return pafs.S3FileSystem(**kwargs)
 
 

@@ -50,6 +50,8 @@ class TaskResult:
     num_images: int = 0
     num_errors: int = 0
     bytes_read: int = 0
-    fetch_retries: int = 0
+    fetch_retries: int = 0  # image GETs: botocore request retries + re-GETs after a cut body
+    s3_retries: int = 0  # every S3 request the task made (GET, HEAD, PUT) retried by botocore
+    error_reasons: tuple[tuple[str, int], ...] = ()  # (reason, count) of the task's bad objects
     attempt: int = 0  # Spark's attempt number (0 = first try)
     seconds: float = 0.0

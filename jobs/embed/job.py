@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,9 +63,16 @@ def _plan(config: BackfillConfig) -> tuple[plan.ExistingOutput, list[EmbedTask]]
     return existing, tasks
 
 
+def _error_reasons(results: Sequence[TaskResult]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for r in results:
+        counts.update(dict(r.error_reasons))
+    return dict(sorted(counts.items()))
+
+
 def _manifest(
     config: BackfillConfig, existing: plan.ExistingOutput, results: Sequence[TaskResult],
-    engine: Engine, seconds: float,
+    engine: Engine, seconds: float, driver_s3_retries: int = 0,
 ) -> schema.EmbedManifest:
     parts = dict(existing.parts)
     errors = dict(existing.error_parts)
@@ -77,11 +85,16 @@ def _manifest(
         "parts_written": sum(r.written for r in results),
         "parts_reused": len(existing.parts),
         "tasks_skipped": sum(not r.written for r in results),
+        # Spark attempt number of each task's successful attempt = its failed attempts before.
         "task_retries": sum(r.attempt for r in results),
         "fetch_retries": sum(r.fetch_retries for r in results),
+        "s3_retries": driver_s3_retries + sum(r.s3_retries for r in results),
         "bytes_read": sum(r.bytes_read for r in results),
-        "images_this_run": sum(r.num_images for r in results if r.written),
-        "errors_this_run": sum(r.num_errors for r in results if r.written),
+        # Every task of this run was planned from keys no committed part held, so a task found
+        # committed (a Spark retry after the commit) still did its work in this run.
+        "images_this_run": sum(r.num_images for r in results),
+        "errors_this_run": sum(r.num_errors for r in results),
+        "errors_by_reason": _error_reasons(results),
         "seconds": round(seconds, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -97,14 +110,17 @@ def run_backfill(
     show_progress: bool = True,
 ) -> schema.EmbedManifest:
     start = time.perf_counter()
+    s3_retries_before = storage.S3_REQUESTS.retries()
     existing, tasks = _plan(config)
+    driver_s3_retries = storage.S3_REQUESTS.retries() - s3_retries_before
     with tqdm(total=len(tasks), unit="task", desc="backfill", disable=not show_progress) as bar:
 
         def progress(done: int) -> None:
             bar.update(max(0, done - bar.n))
 
         results = run_tasks(tasks, config, engine, master, progress)
-    manifest = _manifest(config, existing, results, engine, time.perf_counter() - start)
+    manifest = _manifest(config, existing, results, engine, time.perf_counter() - start,
+                         driver_s3_retries)
     # Last: the manifest is what makes the run visible downstream.
     schema.write_manifest(storage.join(config.output, schema.EMBED_MANIFEST), manifest)
     log.info("backfill done: %d images, %d errors, %d parts (%d new)", manifest.num_images,

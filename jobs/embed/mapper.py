@@ -65,6 +65,8 @@ def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits) -
         data, retries = reader.fetch(bucket, ref.key)
     except reader.MissingObject:
         return Outcome(ref, BadImage("missing", "deleted after listing"), None)
+    except reader.ObjectUnreadable as exc:  # permanent refusal: record, don't fail the task
+        return Outcome(ref, BadImage(exc.reason, exc.detail), None)
     return Outcome(ref, emb.try_prepare(data), len(data), retries)
 
 

@@ -1,6 +1,11 @@
-"""Fetching objects with boto3: one client per process, transient errors retried (the client's
-adaptive retry mode handles throttling/5xx; tenacity also covers a body stream cut mid-read),
-and S3 errors translated to cbir's typed errors with one clear line."""
+"""Fetching objects with boto3: one client per process, transient errors retried, permanent
+per-object refusals recorded, and S3 errors translated to cbir's typed errors.
+
+Who retries what: botocore (``storage.s3_client``, mode standard, 8 tries, exponential backoff
+with full jitter) retries requests that fail before a response is returned: throttling,
+5xx, connection resets and timeouts. tenacity (here) re-issues a GET whose 2xx body stream
+broke mid-read, which botocore cannot see. NoSuchKey / AccessDenied / archived objects are
+never retried: the caller records them with a reason."""
 
 from __future__ import annotations
 
@@ -20,28 +25,50 @@ from botocore.exceptions import (
 )
 from tenacity import (
     RetryCallState,
-    retry,
+    Retrying,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from urllib3.exceptions import ProtocolError
 
 from cbir import storage
 from cbir.errors import CbirError, NotFound, PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
-             ResponseStreamingError, EndpointConnectionError)
+# Errors reading a body after a 2xx: botocore cannot retry these (it already returned the
+# response), so tenacity re-issues the GET. Everything before the response (throttling, 5xx,
+# resets, timeouts) is botocore's retry layer's job (``storage.s3_client``): the two layers
+# never retry the same failure, so the worst case is STREAM_ATTEMPTS x botocore's attempts
+# only when bodies keep breaking *and* requests keep failing.
+STREAM_ERRORS = (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
+                 ResponseStreamingError, ProtocolError, OSError)
+STREAM_ATTEMPTS = 5
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                "InvalidToken", "TokenRefreshRequired"}
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "403"}
 _MISSING_BUCKET = {"NoSuchBucket"}
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+_UNREADABLE_CODES = {"InvalidObjectState", "InvalidRange", "MethodNotAllowed"}
 
 
 class MissingObject(Exception):
     """The object vanished between the listing and the fetch."""
+
+
+class ObjectUnreadable(Exception):
+    """A permanent, per-object S3 refusal (AccessDenied, archived object, ...): retrying will
+    not help, so the object is recorded as an error instead of failing the task."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _StreamCut(Exception):
+    """The body stream broke after a 2xx response: only a fresh GET can recover it."""
 
 
 @lru_cache(maxsize=1)
@@ -68,31 +95,61 @@ def translate(exc: Exception, what: str) -> CbirError:
     return Unavailable(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def _count_retry(state: RetryCallState) -> None:
-    log.warning("retrying fetch (attempt %d): %s", state.attempt_number,
+def _log_retry(state: RetryCallState) -> None:
+    log.warning("re-fetching after a cut body stream (attempt %d): %s", state.attempt_number,
                 state.outcome.exception() if state.outcome else "")
 
 
-@retry(retry=retry_if_exception_type(TRANSIENT), stop=stop_after_attempt(5),
-       wait=wait_exponential_jitter(multiplier=0.2, max=5.0), before_sleep=_count_retry,
-       reraise=True)
-def _get(bucket: str, key: str) -> bytes:
-    body = client().get_object(Bucket=bucket, Key=key)["Body"]
+def _client_error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _botocore_retries(meta: dict[str, Any]) -> int:
+    return int(meta.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
+
+
+def _get_once(bucket: str, key: str) -> tuple[bytes, int]:
+    """One GetObject (botocore retries the request itself) + reading its body."""
+    resp = client().get_object(Bucket=bucket, Key=key)
+    body = resp["Body"]
     try:
-        return bytes(body.read())
+        return bytes(body.read()), _botocore_retries(resp)
+    except STREAM_ERRORS as exc:
+        raise _StreamCut(f"{type(exc).__name__}: {exc}") from exc
     finally:
         body.close()
 
 
+def _classify(exc: ClientError, bucket: str, key: str) -> Exception:
+    code = _client_error_code(exc)
+    if code in _MISSING_KEY:
+        return MissingObject(key)
+    if code in _DENIED_CODES:
+        return ObjectUnreadable("access_denied", f"S3 {code}")
+    if code in _UNREADABLE_CODES:
+        return ObjectUnreadable("unreadable", f"S3 {code}")
+    return translate(exc, f"s3://{bucket}/{key}")
+
+
 def fetch(bucket: str, key: str) -> tuple[bytes, int]:
-    """(object bytes, retries used). Raises MissingObject or a typed cbir error."""
+    """(object bytes, retries used: botocore's request retries + tenacity's re-GETs after a
+    cut body). Raises MissingObject / ObjectUnreadable for permanent per-object refusals, or a
+    typed cbir error (Unavailable once retries are exhausted: the task fails, Spark retries it).
+    """
+    retries = 0
     try:
-        data = _get(bucket, key)
+        for attempt in Retrying(retry=retry_if_exception_type(_StreamCut),
+                                stop=stop_after_attempt(STREAM_ATTEMPTS),
+                                wait=wait_exponential_jitter(initial=0.1, max=5.0),
+                                before_sleep=_log_retry, reraise=True):
+            with attempt:
+                data, used = _get_once(bucket, key)
+            retries += attempt.retry_state.attempt_number - 1
+        return data, retries + used
     except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING_KEY:
-            raise MissingObject(key) from exc
+        raise _classify(exc, bucket, key) from exc
+    except _StreamCut as exc:
+        raise Unavailable(f"s3://{bucket}/{key}: body stream cut {STREAM_ATTEMPTS} times: "
+                          f"{exc}") from exc
+    except BotoCoreError as exc:
         raise translate(exc, f"s3://{bucket}/{key}") from exc
-    except (BotoCoreError, *TRANSIENT) as exc:
-        raise translate(exc, f"s3://{bucket}/{key}") from exc
-    stats = getattr(_get, "statistics", {}) or {}
-    return data, max(0, int(stats.get("attempt_number", 1)) - 1)

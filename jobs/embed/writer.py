@@ -6,6 +6,7 @@ locally, one PUT on S3, so a reader never sees half a part and a crashed task le
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -88,3 +89,10 @@ def count_rows(uri: str) -> int:
     fs, path = storage.filesystem(uri)
     with fs.open_input_file(path) as fh:
         return int(pq.ParquetFile(fh).metadata.num_rows)
+
+
+def reason_counts(uri: str) -> dict[str, int]:
+    """How many rows of an errors part carry each reason."""
+    fs, path = storage.filesystem(uri)
+    reasons = pq.read_table(path, columns=["reason"], filesystem=fs).column("reason")
+    return dict(Counter(reasons.to_pylist()))
