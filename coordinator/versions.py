@@ -14,7 +14,7 @@ a replica serving ``b`` while keeping ``a`` says ``b`` is newer than ``a``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 HeldVersions = tuple[str, ...]  # serving version first
 
@@ -40,7 +40,7 @@ def complete_versions(per_shard: Mapping[int, Iterable[HeldVersions]], num_shard
     return common or set()
 
 
-def choose_version(per_shard: Mapping[int, list[HeldVersions]], num_shards: int) -> str | None:
+def choose_version(per_shard: Mapping[int, Sequence[HeldVersions]], num_shards: int) -> str | None:
     """The newest complete version, or None when no version is complete (the caller then falls
     back to asking unpinned). Ties (no replica orders them) go to the version most replicas
     serve, then the greatest name, so every coordinator picks the same one."""

@@ -43,6 +43,7 @@ def build(tmp: Path, name: str, n: int = N, seed: int = 0, factory: str | None =
     emb = str(tmp / f"{name}-emb")
     fx.write_run(emb, fx.table(keys, vectors))
     top = build_index(BuildConfig(emb, str(tmp / name), SHARDS, factory, tune_queries=100))
+    assert top is not None
     return BuiltIndex(str(tmp / name), keys, vectors,
                       np.array([image_id(k) for k in keys]), top.index_version)
 
