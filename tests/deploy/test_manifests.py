@@ -26,8 +26,8 @@ from tests.deploy.manifests import (
     flag,
     kustomize,
     named,
-    probe_target,
     of_kind,
+    probe_target,
 )
 
 OVERLAY_NAMES = sorted(p.name for p in OVERLAYS.iterdir() if (p / "overlay.toml").exists())
