@@ -8,6 +8,7 @@ network.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from typing import TYPE_CHECKING
@@ -18,6 +19,17 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 DEFAULT_MASTER = "local[*]"
+MAX_TASK_FAILURES = 4  # a task is retried on another attempt up to 3 times
+_LOCAL = re.compile(r"^local(?:\[(\*|\d+)\])?$")
+
+
+def with_local_retries(master: str, max_failures: int = MAX_TASK_FAILURES) -> str:
+    """Local mode ignores ``spark.task.maxFailures`` (``local[N]`` never retries a failed task,
+    e.g. a Python worker that died): only ``local[N,F]`` sets it. Add F where it is missing."""
+    match = _LOCAL.match(master)
+    if not match:
+        return master  # local[N,F], local-cluster[...], clusters: left as given
+    return f"local[{match.group(1) or 1},{max_failures}]"
 
 
 def check_java() -> None:
@@ -43,14 +55,14 @@ def get_or_create_session(
     from pyspark.sql import SparkSession
 
     builder = (
-        SparkSession.builder.master(master)
+        SparkSession.builder.master(with_local_retries(master))
         .appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # One task per planned unit: Spark must not merge or speculate them (each writes a part).
         .config("spark.speculation", "false")
-        .config("spark.task.maxFailures", "4")
+        .config("spark.task.maxFailures", str(MAX_TASK_FAILURES))
         .config("spark.python.worker.reuse", "true")
     )
     if is_local:

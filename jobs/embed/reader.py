@@ -71,9 +71,14 @@ class _StreamCut(Exception):
     """The body stream broke after a 2xx response: only a fresh GET can recover it."""
 
 
-@lru_cache(maxsize=1)
 def client() -> Any:
-    """One boto3 client per process (thread-safe; executors reuse it across tasks)."""
+    """One boto3 client per process and endpoint (thread-safe; executors reuse it across
+    tasks; a changed ``AWS_ENDPOINT_URL`` gets its own)."""
+    return _client_for(storage.endpoint_url())
+
+
+@lru_cache(maxsize=4)
+def _client_for(endpoint: str | None) -> Any:
     return storage.s3_client()
 
 
@@ -108,12 +113,14 @@ def _botocore_retries(meta: dict[str, Any]) -> int:
     return int(meta.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
 
 
-def _get_once(bucket: str, key: str) -> tuple[bytes, int]:
-    """One GetObject (botocore retries the request itself) + reading its body."""
+def _get_once(bucket: str, key: str, retries: list[int]) -> bytes:
+    """One GetObject (botocore retries the request itself) + reading its body; botocore's
+    retries are added to ``retries[0]`` even when the body then breaks."""
     resp = client().get_object(Bucket=bucket, Key=key)
+    retries[0] += _botocore_retries(resp)
     body = resp["Body"]
     try:
-        return bytes(body.read()), _botocore_retries(resp)
+        return bytes(body.read())
     except STREAM_ERRORS as exc:
         raise _StreamCut(f"{type(exc).__name__}: {exc}") from exc
     finally:
@@ -136,16 +143,15 @@ def fetch(bucket: str, key: str) -> tuple[bytes, int]:
     cut body). Raises MissingObject / ObjectUnreadable for permanent per-object refusals, or a
     typed cbir error (Unavailable once retries are exhausted: the task fails, Spark retries it).
     """
-    retries = 0
+    retries = [0]
     try:
         for attempt in Retrying(retry=retry_if_exception_type(_StreamCut),
                                 stop=stop_after_attempt(STREAM_ATTEMPTS),
-                                wait=wait_exponential_jitter(initial=0.1, max=5.0),
+                                wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
                                 before_sleep=_log_retry, reraise=True):
             with attempt:
-                data, used = _get_once(bucket, key)
-            retries += attempt.retry_state.attempt_number - 1
-        return data, retries + used
+                data = _get_once(bucket, key, retries)
+        return data, retries[0] + attempt.retry_state.attempt_number - 1
     except ClientError as exc:
         raise _classify(exc, bucket, key) from exc
     except _StreamCut as exc:
