@@ -56,7 +56,7 @@ def worker_env(spark: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment for the Python workers of the next jobs: PySpark ships
     ``SparkContext.environment`` with every Python function, and a changed environment gets a
     fresh worker daemon, so the already running session's workers pick it up."""
-    env = spark.sparkContext.environment  # type: ignore[attr-defined]
+    env = spark.sparkContext.environment
     saved = dict(env)
     yield env
     env.clear()
