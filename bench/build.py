@@ -42,7 +42,7 @@ def _config(quick: bool) -> BuildBench:
     if quick:
         return BuildBench(n_base=50_000, shards=2, factory="IVF512,Flat", train_size=50_000,
                           spark=True)
-    return BuildBench(n_base=400_000, shards=2, factory="IVF1024,Flat", train_size=200_000,
+    return BuildBench(n_base=200_000, shards=2, factory="IVF1024,Flat", train_size=100_000,
                       spark=True)
 
 
