@@ -148,7 +148,8 @@ def build_indexes(work: Path, data: VectorSet, factory: str, name: str) -> tuple
     for shards in (1, 2):
         walls[f"{shards}_shard_build_s"], _ = cluster.run_cbir(
             "build-index", "--embeddings", embeddings, "--output", str(work / f"index{shards}"),
-            "--shards", str(shards), "--index", factory, "--engine", "sequential")
+            "--shards", str(shards), "--index", factory, "--engine", "sequential",
+            "--train-size", str(min(100_000, len(data.base))))
     return ids, walls
 
 
