@@ -167,22 +167,30 @@ def measure_dataset(data: VectorSet, factory: str, plan: Plan, name: str) -> dic
         for address in (one, *two):
             procs.wait_serving(address, cluster.SHARD_SERVICE)
         procs.wait_serving(coordinator, cluster.COORDINATOR_SERVICE)
-        search_a, params = in_process_search(index1, 1)
+        search_a, _ = in_process_search(index1, 1)
         a = measure_in_process(search_a, data, truth_ids, plan)
         search_a2, _ = in_process_search(index2, 2)
         a2 = measure_in_process(search_a2, data, truth_ids, plan)
         remote = asyncio.run(_remote_paths(one, coordinator, data, truth_ids, plan))
     floor = remote.pop("grpc_noop_floor")
     paths = {"a_in_process": a, "a2_in_process_2_shards": a2, **remote}
-    result = _summarise(data, factory, builds, paths, str(params[0]))
+    result = _summarise(data, factory, builds, paths, _manifest_params(index1))
     result["grpc_noop_floor"] = floor
     result["ratios"]["b_over_noop_rpc_load_qps"] = harness.ratio(
         paths["b_shard_server"]["load"]["qps"], floor["load"]["qps"])
     return result
 
 
+def _manifest_params(index_root: str) -> dict[str, int]:
+    from cbir import index_layout
+    from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
+
+    uri = index_layout.shard_file(index_root, 0, INDEX_MANIFEST)
+    return dict(read_manifest(uri, ShardManifest).search_params)
+
+
 def _summarise(data: VectorSet, factory: str, builds: dict[str, float],
-               paths: dict[str, dict[str, Any]], params: str) -> dict[str, Any]:
+               paths: dict[str, dict[str, Any]], params: dict[str, int]) -> dict[str, Any]:
     a, a2 = paths["a_in_process"], paths["a2_in_process_2_shards"]
     c = paths["c_coordinator_2_shards"]
     return {
