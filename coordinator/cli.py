@@ -15,6 +15,7 @@ from cbir.rpc.security import (
     client_security_from_args,
     server_security_from_args,
 )
+from coordinator.balancer import BALANCERS
 from coordinator.config import BalancerConfig, CoordinatorConfig
 from coordinator.topology import load_topology_file, split_address
 
@@ -44,7 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ask this DNS server instead of the system resolver")
     parser.add_argument("--hedge-after-ms", type=float, metavar="MS",
                         help="send a second call to another replica of a shard that has not "
-                             "answered after MS milliseconds (off by default)")
+                             "answered after MS milliseconds (default: adaptive, after the "
+                             "shard's recent p95 latency)")
+    parser.add_argument("--no-adaptive-hedge", action="store_true",
+                        help="no hedging unless --hedge-after-ms is given")
+    parser.add_argument("--balancer", choices=sorted(BALANCERS), default="p2c",
+                        help="replica choice per shard (round-robin: a baseline, no latency "
+                             "awareness)")
+    parser.add_argument("--batch-in-flight", type=int, metavar="N",
+                        default=CoordinatorConfig.batch_in_flight_per_replica,
+                        help="batched shard calls in flight per live replica; queries that "
+                             "queue meanwhile share the next call (0 = one call per query)")
     parser.add_argument("--deadline-ms", type=float, metavar="MS",
                         default=DEFAULT_LIMITS.default_deadline_s * 1000,
                         help="deadline of requests that set none")
@@ -78,6 +89,8 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
             raise InvalidArgument(f"--dns-server: {exc}") from exc
     if args.version_interval <= 0:
         raise InvalidArgument("--version-interval must be positive")
+    if args.batch_in_flight < 0:
+        raise InvalidArgument("--batch-in-flight must be >= 0")
     if args.deadline_ms <= 0:
         raise InvalidArgument("--deadline-ms must be positive")
     limits = dataclasses.replace(DEFAULT_LIMITS, default_deadline_s=args.deadline_ms / 1000.0)
@@ -94,11 +107,14 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
         device=args.device,
         image_queries=not args.no_image_queries,
         hedge_after_ms=args.hedge_after_ms,
+        adaptive_hedge=not args.no_adaptive_hedge,
+        batch_in_flight_per_replica=args.batch_in_flight,
         drain_grace_s=args.drain_grace,
         metrics_port=args.metrics_port,
         version_interval_s=args.version_interval,
         balancer=BalancerConfig(
-            eject_after_failures=args.eject_after, reprobe_interval_s=args.reprobe_interval
+            eject_after_failures=args.eject_after, reprobe_interval_s=args.reprobe_interval,
+            policy=args.balancer,
         ),
         limits=limits,
         security=server_security_from_args(args),

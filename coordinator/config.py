@@ -16,9 +16,16 @@ class BalancerConfig:
     reprobe_interval_s: float = 1.0
     # Weight of the newest latency sample in the EWMA.
     ewma_alpha: float = 0.3
-    # A latency sample this old counts for ~37% (e^-1): a replica that looked slow once (e.g.
-    # its first call paid for the connection) is tried again instead of being starved.
-    ewma_decay_s: float = 2.0
+    # Legacy: when set, a latency sample this old counts for ~37% (e^-1) and fades towards the
+    # fastest replica's. Off by default: fading made a known-slow replica look cheap again every
+    # few seconds, and the queries it then got made the p99 (see docs/coordinator.md).
+    ewma_decay_s: float | None = None
+    # A live replica whose newest latency sample is older than this gets a shadow copy of the
+    # next call (off the critical path; its answer is dropped) so its estimate stays current
+    # without real queries waiting on it. 0 = never.
+    probe_stale_after_s: float = 1.0
+    # "p2c" (power of two choices on in-flight x latency) or "round-robin" (a baseline).
+    policy: str = "p2c"
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,16 @@ class CoordinatorConfig:
     device: str | None = None
     image_queries: bool = True
     hedge_after_ms: float | None = None
+    # Without a fixed --hedge-after-ms: hedge a shard call after the shard's recent p95 latency
+    # (at least hedge_min_ms), once enough samples exist. False = no hedging.
+    adaptive_hedge: bool = True
+    hedge_quantile: float = 0.95
+    hedge_min_ms: float = 2.0
+    # Cross-query micro-batching: concurrent pinned vector queries with the same (k, params,
+    # version) share one ShardSearchRequest per shard. At most this many batch calls per live
+    # replica are in flight per shard; what queues meanwhile goes in the next one. 0 = off.
+    batch_in_flight_per_replica: int = 2
+    max_batch: int = 64
     # Kept back from the caller's deadline so the merged answer leaves before it expires.
     deadline_margin_s: float = 0.02
     probe_timeout_s: float = 1.0

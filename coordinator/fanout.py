@@ -13,14 +13,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cbir.rpc.security import client_channel
 from cbir.rpc.serving import channel_options
-from coordinator.balancer import ShardBalancer
+from coordinator.balancer import BALANCERS, ShardBalancer
 from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.versions import VersionTracker
@@ -65,6 +65,7 @@ class Replica:
     channel: grpc.aio.Channel
     stub: cbir_pb2_grpc.ShardStub
     health: health_pb2_grpc.HealthStub
+    gauge: Any  # its in-flight gauge child: .labels() once, not per call
     in_flight: int = 0
     retired: bool = False
 
@@ -78,14 +79,21 @@ class Fanout:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.balancers = {
-            s: ShardBalancer(s, config.balancer, rng) for s in range(config.num_shards)
+        policy = BALANCERS[config.balancer.policy]
+        self.balancers: dict[int, ShardBalancer] = {
+            s: policy(s, config.balancer, rng) for s in range(config.num_shards)
         }
         self.replicas: dict[tuple[int, str], Replica] = {}
         hedge = config.hedge_after_ms
         self.hedge_s = hedge / 1000.0 if hedge is not None and hedge > 0 else None
         self._closers: set[asyncio.Task[None]] = set()
+        self._shadows: set[asyncio.Task[Any]] = set()
         self.versions = VersionTracker()
+        # The pinned version and its holders depend only on what the replicas reported and on
+        # the live sets: computed once per change, not per query.
+        self._pin_key: tuple[int, ...] | None = None
+        self._pin: str | None = None
+        self._holders: dict[tuple[int, str], set[str]] = {}
 
     # ------------------------------------------------------------- topology
 
@@ -108,9 +116,10 @@ class Fanout:
     def _open(self, shard: int, address: str) -> Replica:
         options = [*channel_options(self.config.limits), *RECONNECT_OPTIONS]
         channel = client_channel(address, self.config.shard_security, options)
-        self.metrics.in_flight.labels(str(shard), address).set(0)
+        gauge = self.metrics.in_flight.labels(str(shard), address)
+        gauge.set(0)
         return Replica(shard, address, channel, cbir_pb2_grpc.ShardStub(channel),
-                       health_pb2_grpc.HealthStub(channel))
+                       health_pb2_grpc.HealthStub(channel), gauge)
 
     def _close_later(self, replica: Replica) -> None:
         task = asyncio.get_running_loop().create_task(replica.channel.close())
@@ -120,9 +129,35 @@ class Fanout:
     def live_addresses(self) -> dict[int, list[str]]:
         return {s: [r.address for r in b.live()] for s, b in self.balancers.items()}
 
+    def _epoch(self) -> tuple[int, ...]:
+        return (self.versions.generation, *(b.generation for b in self.balancers.values()))
+
     def pinned_version(self) -> str | None:
         """The newest index version every shard has a live replica for (None: unknown)."""
-        return self.versions.choose(self.live_addresses(), self.config.num_shards)
+        key = self._epoch()
+        if key != self._pin_key:
+            self._pin = self.versions.choose(self.live_addresses(), self.config.num_shards)
+            self._holders = {}
+            self._pin_key = key
+        return self._pin
+
+    def holders(self, shard: int, version: str) -> set[str]:
+        """Replicas of ``shard`` known to hold ``version`` (cached per version epoch)."""
+        if self._epoch() != self._pin_key:
+            self.pinned_version()
+        found = self._holders.get((shard, version))
+        if found is None:
+            found = self._holders[(shard, version)] = self.versions.holders(shard, version)
+        return found
+
+    def hedge_delay_s(self, shard: int) -> float | None:
+        """Fixed --hedge-after-ms, else the shard's recent latency quantile (adaptive)."""
+        if self.hedge_s is not None or not self.config.adaptive_hedge:
+            return self.hedge_s
+        quantile = self.balancers[shard].latency_quantile()
+        if quantile is None:
+            return None
+        return max(quantile, self.config.hedge_min_ms / 1000.0)
 
     async def poll_versions(self, timeout_s: float) -> None:
         """Ask every live replica which index versions it holds (Stats), directly: a poll is
@@ -149,6 +184,8 @@ class Fanout:
         return {s: len(b.replicas) for s, b in self.balancers.items()}
 
     async def close(self) -> None:
+        for task in list(self._shadows):
+            task.cancel()
         for replica in self.replicas.values():
             await replica.channel.close()
         self.replicas.clear()
@@ -175,11 +212,24 @@ class Fanout:
             return await attempt.run(retry_codes)
         finally:
             attempt.cancel_pending()
+            self._maybe_shadow(shard, fn, deadline, attempt.tried, prefer)
+
+    def _maybe_shadow(self, shard: int, fn: ShardCall[T], deadline: float, tried: set[str],
+                      prefer: set[str] | None) -> None:
+        """Send a copy of this call to a replica whose latency estimate is stale; nobody waits
+        for it, its latency (or failure) just updates the balancer."""
+        address = self.balancers[shard].shadow_candidate(exclude=tried, among=prefer)
+        if address is None or self.remaining_s(deadline) <= 0:
+            return
+        task = asyncio.ensure_future(self.attempt(shard, address, fn, deadline))
+        self._shadows.add(task)
+        task.add_done_callback(_forget_shadow(self._shadows))
+        self.metrics.latency_probes.labels(str(shard)).inc()
 
     async def attempt(self, shard: int, address: str, fn: ShardCall[T], deadline: float) -> T:
         replica = self.replicas[(shard, address)]
         balancer = self.balancers[shard]
-        gauge = self.metrics.in_flight.labels(str(shard), address)
+        gauge = replica.gauge
         balancer.begin(address)
         replica.in_flight += 1
         gauge.inc()
@@ -194,7 +244,7 @@ class Fanout:
                 self.metrics.live_replicas.labels(str(shard)).set(len(balancer.live()))
             raise
         else:
-            balancer.succeeded(address, time.monotonic() - start)
+            balancer.succeeded(address, time.monotonic() - start, self.config.hedge_quantile)
             return result
         finally:
             balancer.end(address)
@@ -228,6 +278,15 @@ class Fanout:
                 len(self.balancers[shard].live())
             )
             log.info("shard %d: replica %s back in rotation", shard, address)
+
+
+def _forget_shadow(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed shadow call is already counted
+
+    return done
 
 
 class _Attempts(Generic[T]):
@@ -266,7 +325,7 @@ class _Attempts(Generic[T]):
         return True
 
     async def run(self, retry_codes: frozenset[grpc.StatusCode]) -> T:
-        hedge_s = self.fanout.hedge_s
+        hedge_s = self.fanout.hedge_delay_s(self.shard)
         metrics = self.fanout.metrics
         if not self.launch():
             raise ShardCallFailed(self.shard, self.last_reason, self.last_code)

@@ -41,6 +41,15 @@ class CoordinatorMetrics:
             "cbir_coordinator_hedged_calls", "Second calls sent to a slow shard", ["shard"],
             registry=r,
         )
+        self.latency_probes = Counter(
+            "cbir_coordinator_latency_probes",
+            "Shadow copies of a call sent to a replica whose latency estimate was stale",
+            ["shard"], registry=r,
+        )
+        self.batch_size = Histogram(
+            "cbir_coordinator_shard_batch_queries", "Queries per batched shard call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )
         self.version_info = Gauge(
             "cbir_coordinator_index_version_info",
             "1 for the index version queries are pinned to (complete in every shard)",

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from cbir.errors import NotFound, Unavailable
+from coordinator.batching import Row, ShardBatcher
 from coordinator.fanout import RETRYABLE, Fanout, ShardCallFailed
 from coordinator.merge import MergedHit, ShardHits, merge_top_k
 from protos import cbir_pb2, cbir_pb2_grpc
@@ -77,6 +78,10 @@ class DistributedSearch:
     def __init__(self, fanout: Fanout, num_shards: int) -> None:
         self.fanout = fanout
         self.num_shards = num_shards
+        self.batchers = (
+            [ShardBatcher(fanout, s, PINNED_RETRYABLE) for s in range(num_shards)]
+            if fanout.config.batch_in_flight_per_replica > 0 else None
+        )
 
     async def stats(self, deadline: float) -> dict[int, cbir_pb2.StatsResponse]:
         async def one(shard: int) -> cbir_pb2.StatsResponse | None:
@@ -119,22 +124,58 @@ class DistributedSearch:
         deadline: float,
         request_id: str,
     ) -> SearchAnswer:
+        shard_k = k + (1 if exclude_id is not None else 0)
+        pinned = self.fanout.pinned_version()
+        if pinned is not None and self.batchers is not None:
+            answers = await self._batched(query, shard_k, params, pinned, deadline, request_id)
+            return self._answer(answers, k, exclude_id, pinned, request_id)
         request = cbir_pb2.ShardSearchRequest(
             vectors=np.ascontiguousarray(query, dtype="<f4").tobytes(), dim=int(query.shape[0]),
-            k=k + (1 if exclude_id is not None else 0), params=params, request_id=request_id,
+            k=shard_k, params=params, request_id=request_id,
         )
-        pinned = self.fanout.pinned_version()
         if pinned is not None:
-            answers = await self._pinned(request, pinned, deadline)
+            replies = await self._pinned(request, pinned, deadline)
             version = pinned
         else:
-            answers, version = await self._by_majority(request, deadline)
+            replies, version = await self._by_majority(request, deadline)
+        rows = {s: (a, 0) for s, a in replies.items()}
+        return self._answer(rows, k, exclude_id, version, request_id)
+
+    def _answer(self, answers: dict[int, Row], k: int, exclude_id: int | None, version: str,
+                request_id: str) -> SearchAnswer:
         if not answers:
             raise Unavailable(f"no shard answered ({self.num_shards} shards, request {request_id})")
         hits, metric = self._merge(answers, k, exclude_id)
         failed = tuple(s for s in range(self.num_shards) if s not in hits)
         merged = merge_top_k(list(hits.values()), k, metric, exclude_id)
         return SearchAnswer(merged, failed, version, metric)
+
+    async def _batched(
+        self, query: np.ndarray, k: int, params: cbir_pb2.SearchParams, version: str,
+        deadline: float, request_id: str,
+    ) -> dict[int, Row]:
+        """The pinned path through the shards' batching queues (see coordinator.batching)."""
+        assert self.batchers is not None
+        vector = np.ascontiguousarray(query, dtype="<f4")
+
+        async def one(batcher: ShardBatcher) -> Row | None:
+            try:
+                return await batcher.search(vector, k, params, version, deadline, request_id)
+            except ShardCallFailed as exc:
+                log.warning("left out of request %s: %s", request_id, exc)
+                self.fanout.metrics.shard_failures.labels(str(batcher.shard)).inc()
+                return None
+
+        rows = await asyncio.gather(*(one(b) for b in self.batchers))
+        answers = {s: r for s, r in enumerate(rows) if r is not None}
+        for shard in [s for s, (a, _) in answers.items() if a.index_version != version]:
+            log.error("shard %d answered version %s to a query pinned to %s; left out",
+                      shard, answers.pop(shard)[0].index_version, version)
+        return answers
+
+    async def close(self) -> None:
+        for batcher in self.batchers or ():
+            await batcher.close()
 
     async def _pinned(
         self, request: cbir_pb2.ShardSearchRequest, version: str, deadline: float
@@ -185,7 +226,7 @@ class DistributedSearch:
             ) -> Awaitable[cbir_pb2.ShardSearchResponse]:
                 return stub.Search(request, timeout=timeout)
 
-            prefer = self.fanout.versions.holders(shard, version) if version else None
+            prefer = self.fanout.holders(shard, version) if version else None
             try:
                 return await self.fanout.call(shard, call, deadline, retry_codes, prefer)
             except ShardCallFailed as exc:
@@ -198,29 +239,31 @@ class DistributedSearch:
         return {s: r for s, r in zip(shard_list, replies, strict=True) if r is not None}
 
     def _merge(
-        self, answers: dict[int, cbir_pb2.ShardSearchResponse], k: int, exclude_id: int | None
+        self, answers: dict[int, Row], k: int, exclude_id: int | None
     ) -> tuple[dict[int, ShardHits], str]:
-        metric = majority([a.metric for a in answers.values()]) if answers else "ip"
+        metric = majority([a.metric for a, _ in answers.values()]) if answers else "ip"
         hits: dict[int, ShardHits] = {}
-        for shard, reply in answers.items():
+        for shard, (reply, row) in answers.items():
             if reply.metric != metric:
                 log.error("shard %d answered with metric %r, the others %r; left out",
                           shard, reply.metric, metric)
                 continue
-            parsed = parse_hits(shard, reply)
+            parsed = parse_hits(shard, reply, row)
             if parsed is not None:
                 hits[shard] = parsed
         return hits, metric
 
 
-def parse_hits(shard: int, reply: cbir_pb2.ShardSearchResponse) -> ShardHits | None:
-    """The first query's row of a shard's packed answer; None (logged) when malformed."""
+def parse_hits(shard: int, reply: cbir_pb2.ShardSearchResponse, row: int = 0
+               ) -> ShardHits | None:
+    """Query ``row``'s hits in a shard's packed answer; None (logged) when malformed."""
     ids = np.frombuffer(reply.ids, dtype="<i8")
     scores = np.frombuffer(reply.scores, dtype="<f4")
     k = reply.k
-    if reply.num_queries < 1 or k < 0 or len(ids) < k or len(scores) < k:
-        log.error("shard %d sent a malformed answer (k=%d, %d ids, %d scores)",
-                  shard, k, len(ids), len(scores))
+    lo, hi = row * k, (row + 1) * k
+    if reply.num_queries <= row or k < 0 or len(ids) < hi or len(scores) < hi:
+        log.error("shard %d sent a malformed answer (k=%d, %d ids, %d scores, row %d)",
+                  shard, k, len(ids), len(scores), row)
         return None
-    keys = list(reply.keys[:k])
-    return ShardHits(shard, ids[:k].copy(), scores[:k].copy(), keys)
+    keys = list(reply.keys[lo:hi])
+    return ShardHits(shard, ids[lo:hi].copy(), scores[lo:hi].copy(), keys)

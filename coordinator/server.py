@@ -106,6 +106,7 @@ class CoordinatorServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.search.close()
         await self.fanout.close()
         if self.state.embedder is not None:
             await self.state.embedder.close()

@@ -59,12 +59,18 @@ class VersionTracker:
 
     def __init__(self) -> None:
         self.held: dict[tuple[int, str], HeldVersions] = {}
+        # Bumped on every change, so the per-query choice can be cached between changes.
+        self.generation = 0
 
     def report(self, shard: int, address: str, versions: Iterable[str]) -> None:
-        self.held[(shard, address)] = tuple(dict.fromkeys(v for v in versions if v))
+        held = tuple(dict.fromkeys(v for v in versions if v))
+        if self.held.get((shard, address)) != held:
+            self.held[(shard, address)] = held
+            self.generation += 1
 
     def forget(self, shard: int, address: str) -> None:
-        self.held.pop((shard, address), None)
+        if self.held.pop((shard, address), None) is not None:
+            self.generation += 1
 
     def holders(self, shard: int, version: str) -> set[str]:
         return {a for (s, a), versions in self.held.items() if s == shard and version in versions}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from coordinator.balancer import ShardBalancer
+from coordinator.balancer import RoundRobinBalancer, ShardBalancer
 from coordinator.config import BalancerConfig
 
 
@@ -14,8 +14,10 @@ class Clock:
         return self.now
 
 
-def balancer(n: int = 2, eject_after: int = 3, clock: Clock | None = None) -> ShardBalancer:
-    b = ShardBalancer(0, BalancerConfig(eject_after_failures=eject_after, reprobe_interval_s=1.0),
+def balancer(n: int = 2, eject_after: int = 3, clock: Clock | None = None,
+             ewma_decay_s: float | None = None) -> ShardBalancer:
+    b = ShardBalancer(0, BalancerConfig(eject_after_failures=eject_after, reprobe_interval_s=1.0,
+                                        ewma_decay_s=ewma_decay_s),
                       random.Random(1), clock or Clock())
     b.set_addresses([f"r{i}" for i in range(n)])
     return b
@@ -35,15 +37,52 @@ def test_p2c_prefers_the_faster_replica() -> None:
     assert all(b.pick() == "r1" for _ in range(50))
 
 
-def test_a_stale_slow_sample_fades_so_the_replica_is_tried_again() -> None:
+def test_with_legacy_fading_a_stale_slow_sample_fades_so_the_replica_is_tried_again() -> None:
     clock = Clock()
-    b = balancer(2, clock=clock)
+    b = balancer(2, clock=clock, ewma_decay_s=2.0)
     b.succeeded("r0", 0.050)  # e.g. its first call paid for the connection
     b.succeeded("r1", 0.001)
     assert all(b.pick() == "r1" for _ in range(20))
     clock.now += 30.0  # r0's sample is 15 decay times old; r1's too, but both fade to 1 ms
     b.succeeded("r1", 0.001)
     assert "r0" in {b.pick() for _ in range(50)}
+
+
+def test_a_slow_replica_stays_avoided_and_gets_shadow_probes_when_stale() -> None:
+    clock = Clock()
+    b = balancer(2, clock=clock)
+    b.succeeded("r0", 0.050)  # slow
+    b.succeeded("r1", 0.002)
+    assert b.shadow_candidate() is None  # both estimates fresh
+    clock.now += 30.0
+    b.succeeded("r1", 0.002)
+    # No fading: real queries keep going to the fast one...
+    assert all(b.pick() == "r1" for _ in range(50))
+    # ...and the stale one is re-measured by a shadow copy, at most once per stale period.
+    assert b.shadow_candidate(exclude=["r1"]) == "r0"
+    assert b.shadow_candidate(exclude=["r1"]) is None
+    assert b.shadow_candidate(among={"r1"}) is None
+    for _ in range(20):  # probes say it recovered: it is picked again
+        b.succeeded("r0", 0.001)
+    assert "r0" in {b.pick() for _ in range(50)}
+
+
+def test_latency_quantile_for_adaptive_hedging() -> None:
+    b = balancer(2)
+    assert b.latency_quantile() is None
+    for i in range(100):
+        b.succeeded("r0", 0.001 * (i + 1), quantile=0.95)
+    q = b.latency_quantile()
+    assert q is not None and 0.090 <= q <= 0.097
+
+
+def test_round_robin_cycles_over_live_replicas() -> None:
+    b = RoundRobinBalancer(0, BalancerConfig(), random.Random(1), Clock())
+    b.set_addresses(["r0", "r1", "r2"])
+    b.succeeded("r0", 1.0)
+    picks = [str(b.pick()) for _ in range(6)]
+    assert sorted(picks) == ["r0", "r0", "r1", "r1", "r2", "r2"]
+    assert b.pick(exclude=["r0", "r1"]) == "r2"
 
 
 def test_p2c_spreads_load_over_equal_replicas() -> None:
