@@ -9,45 +9,28 @@ scenarios pay the same extra hop:
 
     healthy: [proxy 0 ms -> A, proxy 0 ms -> B]      slow: [proxy 0 ms -> A, proxy D ms -> B]
 
-Round-robin is the real coordinator with its per-shard balancer swapped for one that cycles
-through the live replicas (``python -m bench.balance serve-coordinator-rr``, same flags as
-``cbir serve-coordinator``). Each replica's ``Stats.queries_served`` before and after a scenario
-gives the share of queries that went to the slow one.
+Round-robin is the real coordinator started with ``--balancer round-robin`` (a plain cycle over
+the live replicas, ``--no-adaptive-hedge``: plain round-robin as before; same ejection and
+retries). Each replica's ``Stats.queries_served`` before and after a scenario gives the share
+of queries that went to the slow one.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import itertools
 import logging
 import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench import cluster, harness
-from coordinator.balancer import ShardBalancer
 
 log = logging.getLogger(__name__)
 
 DELAY_MS = 50.0
-
-
-class RoundRobinBalancer(ShardBalancer):
-    """Same membership, ejection and probing as the real balancer; choice is a plain cycle."""
-
-    _counter = itertools.count()
-
-    def pick(self, exclude: Iterable[str] = ()) -> str | None:
-        skip = set(exclude)
-        candidates = sorted(r.address for r in self.live() if r.address not in skip)
-        if not candidates:
-            return None
-        return candidates[next(self._counter) % len(candidates)]
 
 
 # ---------------------------------------------------------------------------- child processes
@@ -92,34 +75,13 @@ async def serve_proxies(specs: list[str]) -> None:
     await asyncio.gather(*(s.wait_for_termination() for s in servers))
 
 
-async def serve_round_robin_coordinator(args: argparse.Namespace) -> None:
-    from coordinator.cli import build_config
-    from coordinator.server import CoordinatorServer, topology_source
-
-    config = build_config(args)
-    server = CoordinatorServer(config, topology_source(config), None)
-    server.fanout.balancers = {
-        s: RoundRobinBalancer(s, config.balancer) for s in server.fanout.balancers
-    }
-    await server.start()
-    await server.run_until_signal()
-
-
 def main(argv: list[str]) -> int:
-    """Child entry points: ``proxy SPEC...`` and ``serve-coordinator-rr FLAGS...``."""
+    """Child entry point: ``proxy SPEC...``."""
     logging.basicConfig(level=logging.WARNING)
     if argv and argv[0] == "proxy":
         asyncio.run(serve_proxies(argv[1:]))
         return 0
-    if argv and argv[0] == "serve-coordinator-rr":
-        from coordinator.cli import add_arguments
-
-        parser = argparse.ArgumentParser(prog="serve-coordinator-rr")
-        add_arguments(parser)
-        asyncio.run(serve_round_robin_coordinator(parser.parse_args(argv[1:])))
-        return 0
-    print("usage: python -m bench.balance {proxy SPEC...|serve-coordinator-rr FLAGS...}",
-          file=sys.stderr)
+    print("usage: python -m bench.balance proxy SPEC...", file=sys.stderr)
     return 2
 
 
@@ -156,7 +118,8 @@ async def measure_scenario(coordinator: str, replicas: tuple[str, str], data: ha
 
 def _start_coordinators(procs: cluster.Processes, work: Path, topologies: dict[str, str]
                         ) -> dict[tuple[str, str], str]:
-    rr = [sys.executable, "-m", "bench.balance", "serve-coordinator-rr"]
+    rr = [*cluster.cbir_command("serve-coordinator"), "--balancer", "round-robin",
+          "--no-adaptive-hedge"]
     out = {}
     for policy, health in SCENARIOS:
         command = rr if policy == "round_robin" else None
