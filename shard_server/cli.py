@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra wait to batch concurrent queries (queued ones always batch)")
     parser.add_argument("--batch-max-rows", type=int, default=256)
     parser.add_argument("--no-batching", action="store_true")
+    parser.add_argument("--faiss-threads", type=int, default=0, metavar="N",
+                        help="OpenMP threads per Faiss call (0 = Faiss's default, one per core)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                         help="json = one JSON object per line")
     add_security_arguments(parser, server=True)
@@ -53,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.pointer_interval <= 0:
         raise InvalidArgument("--pointer-interval must be positive")
+    if args.faiss_threads < 0:
+        raise InvalidArgument("--faiss-threads must be >= 0")
     if args.keep_previous_seconds < 0:
         raise InvalidArgument("--keep-previous-seconds must be >= 0")
     defaults = {name: value for name, value in ((NPROBE, args.nprobe),
@@ -65,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         batch=BatchConfig(not args.no_batching, args.batch_window_ms / 1000,
                           args.batch_max_rows),
         threads=args.search_threads,
+        faiss_threads=args.faiss_threads,
         keep_previous_s=args.keep_previous_seconds,
     )
     return ServerConfig(index_uri=args.index or "", searcher=searcher, host=args.host,

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,22 @@ class LoadedIndex:
     ids: np.ndarray  # int64, sorted: the ids held, for key lookup and GetVectors membership
     keys: pa.Array  # string, aligned with ids
     memory_bytes: int
+    # The key column's Arrow buffers, read directly by ``keys_of``: a per-request
+    # ``pa.compute.take`` costs tens of microseconds and releases the GIL, which on a busy event
+    # loop means waiting to get it back.
+    _key_offsets: np.ndarray = field(init=False, repr=False)
+    _key_data: memoryview = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        keys = self.keys.cast(pa.large_string()) if self.keys.null_count else self.keys
+        keys = keys.fill_null("") if keys.null_count else keys
+        buffers = keys.buffers()
+        width = np.int64 if pa.types.is_large_string(keys.type) else np.int32
+        offsets = (np.frombuffer(buffers[1], dtype=width)[keys.offset : keys.offset + len(keys) + 1]
+                   if buffers[1] is not None else np.zeros(1, dtype=width))
+        data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
+        object.__setattr__(self, "_key_offsets", offsets.astype(np.int64))
+        object.__setattr__(self, "_key_data", data)
 
     @property
     def version(self) -> str:
@@ -71,8 +87,10 @@ class LoadedIndex:
         pos, found = self.positions(flat)
         if not len(self.ids):
             return [""] * len(flat)
-        keys = self.keys.take(pa.array(pos)).to_pylist()
-        return [k if ok else "" for k, ok in zip(keys, found.tolist(), strict=True)]
+        offsets, data = self._key_offsets, self._key_data
+        starts, ends = offsets[pos].tolist(), offsets[pos + 1].tolist()
+        return [str(data[s:e], "utf-8") if ok else ""
+                for s, e, ok in zip(starts, ends, found.tolist(), strict=True)]
 
 
 def check_expectations(manifest: ShardManifest, expect: Expectations, where: str) -> None:

@@ -13,6 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 
 from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -51,6 +52,7 @@ class SearcherConfig:
     limits: Limits = DEFAULT_LIMITS
     batch: BatchConfig = field(default_factory=BatchConfig)
     threads: int = 2
+    faiss_threads: int = 0  # OpenMP threads per Faiss call (process-wide); 0 = Faiss's default
     # After a swap, the previous version keeps answering searches pinned to it this long, so a
     # coordinator can finish a roll across shards without partial answers (0 = free at once).
     keep_previous_s: float = 0.0
@@ -116,6 +118,8 @@ class ShardSearcher:
         self.config = config
         self.store = IndexStore()
         self.queries_served = 0
+        if config.faiss_threads > 0:
+            faiss.omp_set_num_threads(config.faiss_threads)
         self._executor = ThreadPoolExecutor(config.threads, thread_name_prefix="cbir-faiss")
         self._batcher = MicroBatcher(run_search, self._executor, config.batch)
         self._load_lock = asyncio.Lock()

@@ -25,6 +25,18 @@ access_log = logging.getLogger("shard_server.access")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 
 
+_QUIET = frozenset({"OK", "CANCELLED"})
+
+
+def _log_access(name: str, code: str, request: Any, seconds: float) -> None:
+    """The per-RPC line: INFO when the call succeeded, WARNING when it did not (so failed calls
+    keep their request id in the log at the default level, successes cost nothing there).
+    A call the client cancelled is its own business: INFO too."""
+    level = logging.INFO if code in _QUIET else logging.WARNING
+    access_log.log(level, "rpc method=%s code=%s request_id=%s ms=%.2f", name, code,
+                   clean_request_id(getattr(request, "request_id", "")) or "-", seconds * 1000)
+
+
 def observed(name: str) -> Callable[[Method[R]], Method[R]]:
     """Count and time an RPC by status code (sits inside grpc_errors, sees the core's errors)."""
 
@@ -45,9 +57,8 @@ def observed(name: str) -> Callable[[Method[R]], Method[R]]:
             finally:
                 seconds = time.perf_counter() - start
                 self.metrics.observe(name, code, seconds)
-                access_log.info("rpc method=%s code=%s request_id=%s ms=%.2f", name, code,
-                                clean_request_id(getattr(request, "request_id", "")) or "-",
-                                seconds * 1000)
+                if code not in _QUIET or access_log.isEnabledFor(logging.INFO):
+                    _log_access(name, code, request, seconds)
 
         return wrapper
 
