@@ -187,6 +187,17 @@ class ShardSearchClient:
         )
         return np.frombuffer(reply.ids, dtype="<i8")[: self._k]
 
+    async def search_batch(self, queries: np.ndarray) -> np.ndarray:
+        """One Search request carrying every row of ``queries``: (B, dim) -> (B, k) ids."""
+        from protos import cbir_pb2
+
+        q = np.ascontiguousarray(queries, dtype="<f4")
+        reply = await self._stub.Search(
+            cbir_pb2.ShardSearchRequest(vectors=q.tobytes(), dim=q.shape[-1], k=self._k),
+            timeout=10.0,
+        )
+        return np.frombuffer(reply.ids, dtype="<i8").reshape(len(q), self._k)
+
     async def close(self) -> None:
         await self._channel.close()
 

@@ -340,3 +340,45 @@ def target(value: float | None, op: str, bound: float | None, what: str) -> dict
     if value is not None and bound is not None:
         met = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[op]
     return {"value": value, "target": f"{op} {bound}", "met": met, "what": what}
+
+
+# ---------------------------------------------------------------------------- batched requests
+
+# Queries per request in the batched mode (1 = the single-query figures, the honest default).
+BATCH_SIZES = (1, 8, 32)
+SearchBatch = Callable[[np.ndarray], np.ndarray]  # (B, dim) queries -> (B, k) ids
+AsyncSearchBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+def as_batches(queries: np.ndarray, batch: int) -> np.ndarray:
+    """The evaluation queries cut into (n // batch, batch, dim) requests (a tail shorter than
+    one batch is left out, so every request carries exactly ``batch`` queries)."""
+    n = len(queries) // batch * batch
+    return np.ascontiguousarray(queries[:n]).reshape(-1, batch, queries.shape[1])
+
+
+def batch_figures(load: dict[str, Any], batch: int, found: np.ndarray,
+                  truth: np.ndarray) -> dict[str, Any]:
+    """A load run over batched requests, reported per query: ``qps`` = queries/s, latency
+    percentiles per request; recall over the queries the batches covered."""
+    return {"batch": batch, "recall@10": recall_at_k(found, truth[: len(found)]),
+            "qps": round(load["qps"] * batch, 1), "requests_per_s": load["qps"],
+            "p50_request_ms": load["p50_ms"], "p99_request_ms": load["p99_ms"],
+            "concurrency": load["concurrency"]}
+
+
+def threaded_batch_load(search: SearchBatch, queries: np.ndarray, truth: np.ndarray,
+                        batch: int, threads: int, duration_s: float) -> dict[str, Any]:
+    batches = as_batches(queries, batch)
+    found = np.concatenate([np.asarray(search(b), dtype=np.int64)[:, :K] for b in batches])
+    load = threaded_load(search, batches, threads, duration_s)
+    return batch_figures(load, batch, found, truth)
+
+
+async def async_batch_load(search: AsyncSearchBatch, queries: np.ndarray, truth: np.ndarray,
+                           batch: int, concurrency: int, duration_s: float) -> dict[str, Any]:
+    batches = as_batches(queries, batch)
+    found = np.concatenate([np.asarray(await search(b), dtype=np.int64)[:, :K]
+                            for b in batches])
+    load = await async_load(search, batches, concurrency, duration_s)
+    return batch_figures(load, batch, found, truth)

@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class Plan:
     glove_queries: int
     glove_factory: str
     photo_edits: bool  # index the edited copies too (more vectors) in full runs
+    # Queries per request for the batched comparison (GloVe only: the photo set is too small).
+    batch_sizes: tuple[int, ...] = harness.BATCH_SIZES
 
 
 def _plan(quick: bool) -> Plan:
@@ -85,6 +87,16 @@ def in_process_search(index_root: str, num_shards: int) -> tuple[harness.SearchO
         return all_ids[order]
 
     return search, [params for _, params in shards]
+
+
+def in_process_batch_search(index_root: str) -> harness.SearchBatch:
+    """(a) with B queries per ``index.search`` call: the in-process twin of batched requests."""
+    index, params = _load_shard_index(index_root, 0)
+
+    def search(queries: np.ndarray) -> np.ndarray:
+        return index.search(queries, K, params=params)[1]
+
+    return search
 
 
 def measure_in_process(search: harness.SearchOne, data: VectorSet, truth_ids: np.ndarray,
@@ -135,10 +147,24 @@ async def _remote_paths(one_shard: str, coordinator: str, data: VectorSet,
         c = await measure_remote(coord_client.search, data, truth_ids, plan)
         c["partial_answers"] = coord_client.partial
         floor = await rpc_floor(one_shard, data, plan)
+        b_batched = {f"B{size}": await harness.async_batch_load(
+            shard_client.search_batch, data.queries, truth_ids, size, plan.concurrency,
+            plan.load_s) for size in plan.batch_sizes} if plan.batch_sizes else {}
     finally:
         await shard_client.close()
         await coord_client.close()
-    return {"b_shard_server": b, "c_coordinator_2_shards": c, "grpc_noop_floor": floor}
+    return {"b_shard_server": b, "c_coordinator_2_shards": c, "grpc_noop_floor": floor,
+            "b_batched": b_batched}
+
+
+def measure_batched_in_process(index_root: str, data: VectorSet, truth_ids: np.ndarray,
+                               plan: Plan) -> dict[str, Any]:
+    """(a) with B queries per call, the same C client threads, one OpenMP thread per call."""
+    harness.set_faiss_threads(1)
+    search = in_process_batch_search(index_root)
+    return {f"B{size}": harness.threaded_batch_load(search, data.queries, truth_ids, size,
+                                                    plan.concurrency, plan.load_s)
+            for size in plan.batch_sizes}
 
 
 def build_indexes(work: Path, data: VectorSet, factory: str, name: str) -> tuple[np.ndarray, dict]:
@@ -171,14 +197,24 @@ def measure_dataset(data: VectorSet, factory: str, plan: Plan, name: str) -> dic
         a = measure_in_process(search_a, data, truth_ids, plan)
         search_a2, _ = in_process_search(index2, 2)
         a2 = measure_in_process(search_a2, data, truth_ids, plan)
+        a_batched = measure_batched_in_process(index1, data, truth_ids, plan)
         remote = asyncio.run(_remote_paths(one, coordinator, data, truth_ids, plan))
     floor = remote.pop("grpc_noop_floor")
+    b_batched = remote.pop("b_batched")
     paths = {"a_in_process": a, "a2_in_process_2_shards": a2, **remote}
     result = _summarise(data, factory, builds, paths, _manifest_params(index1))
     result["grpc_noop_floor"] = floor
     result["ratios"]["b_over_noop_rpc_load_qps"] = harness.ratio(
         paths["b_shard_server"]["load"]["qps"], floor["load"]["qps"])
+    result["batched"] = _batched_summary(a_batched, b_batched)
     return result
+
+
+def _batched_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Per B: in-process Faiss and the shard server, both with B queries per call/request."""
+    return {key: {"a_in_process": a[key], "b_shard_server": b.get(key),
+                  "b_over_a_qps": harness.ratio((b.get(key) or {}).get("qps"), a[key]["qps"])}
+            for key in a}
 
 
 def _manifest_params(index_root: str) -> dict[str, int]:
@@ -233,6 +269,18 @@ def photo_set(with_edits: bool) -> VectorSet:
                      queries=queries, truth=truth, tune_truth=truth[:0])
 
 
+def _batched_rows(result: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    rows = []
+    for key, pair in (result.get("batched") or {}).items():
+        for name in ("a_in_process", "b_shard_server"):
+            fig = pair.get(name)
+            if fig:
+                rows.append({"case": f"{dataset}: {name} {key} (queries/request)",
+                             "recall@10": fig["recall@10"], "qps_load": fig["qps"],
+                             "p99_load_ms": fig["p99_request_ms"]})
+    return rows
+
+
 def _rows(result: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
     if "error" in result:
         return [{"case": f"{dataset}: all", "error": result["error"]}]
@@ -245,7 +293,7 @@ def _rows(result: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
          "qps_1": p["single"]["qps"], "qps_load": p["load"]["qps"],
          "p99_load_ms": p["load"]["p99_ms"]}
         for name, p in result["paths"].items()
-    ]
+    ] + _batched_rows(result, dataset)
 
 
 def _try_dataset(make: Callable[[], VectorSet], factory: str, plan: Plan, name: str
@@ -262,7 +310,8 @@ def run(quick: bool) -> dict[str, Any]:
     results = {
         "glove": _try_dataset(lambda: harness.glove_set(plan.glove_base, plan.glove_queries),
                               plan.glove_factory, plan, "glove"),
-        "photos": _try_dataset(lambda: photo_set(plan.photo_edits), "Flat", plan, "photos"),
+        "photos": _try_dataset(lambda: photo_set(plan.photo_edits), "Flat",
+                               replace(plan, batch_sizes=()), "photos"),
     }
     glove = results["glove"]
     targets = {}
