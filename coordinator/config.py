@@ -50,7 +50,7 @@ class CoordinatorConfig:
     # Cross-query micro-batching: concurrent pinned vector queries with the same (k, params,
     # version) share one ShardSearchRequest per shard. At most this many batch calls per live
     # replica are in flight per shard; what queues meanwhile goes in the next one. 0 = off.
-    batch_in_flight_per_replica: int = 2
+    batch_in_flight_per_replica: int = 1
     max_batch: int = 64
     # Kept back from the caller's deadline so the merged answer leaves before it expires.
     deadline_margin_s: float = 0.02
