@@ -160,10 +160,36 @@ def collect_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name, result in results.items():
         for key, value in (result.get("targets") or {}).items():
             out[f"{name}.{key}"] = value
-    cross = _shard_server_vs_peers(results.get("search", {}), results.get("peers", {}))
+    search, peers = results.get("search", {}), results.get("peers", {})
+    cross = _shard_server_vs_peers(search, peers)
     if cross is not None:
         out["search+peers.shard_server_qps_vs_best_peer"] = cross
+    batched = _batched_shard_server_vs_peers(search, peers)
+    if batched is not None:
+        out["search+peers.batched_shard_server_qps_vs_best_peer_any_mode"] = batched
     return out
+
+
+def _batched_shard_server_vs_peers(search: dict[str, Any], peers: dict[str, Any]
+                                   ) -> dict[str, Any] | None:
+    """The shard server with B queries per request (its batch API) against every peer in ITS
+    best mode (batched where it has a batch API), on the identical data set and recall."""
+    glove = search.get("glove") or {}
+    best_peer_qps = peers.get("best_peer_any_mode_qps")
+    if not glove.get("batched") or not best_peer_qps:
+        return None
+    if glove["dataset"]["name"] != peers["dataset"]["name"]:
+        return harness.target(None, ">=", best_peer_qps, "not comparable: different data sets")
+    figures = [(key, pair["b_shard_server"]) for key, pair in glove["batched"].items()
+               if pair.get("b_shard_server")
+               and pair["b_shard_server"].get("recall@10", 0) >= harness.RECALL_TARGET]
+    if not figures:
+        return None
+    key, best = max(figures, key=lambda kv: kv[1]["qps"])
+    return harness.target(best["qps"], ">=", best_peer_qps, (
+        f"shard server QPS with {key} queries per request (recall {best['recall@10']}) vs best "
+        f"peer {peers['best_peer_any_mode']} in its best mode at recall >= "
+        f"{harness.RECALL_TARGET}"))
 
 
 def _shard_server_vs_peers(search: dict[str, Any], peers: dict[str, Any]
