@@ -91,9 +91,11 @@ class FakeShardServicer(cbir_pb2_grpc.ShardServicer):
     searches: int = 0
     pinned: list[str] = field(default_factory=list)
     time_remaining: list[float] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # queries per Search call (batching)
 
     async def Search(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.searches += 1
+        self.rows.append(len(request.vectors) // (4 * max(1, request.dim)))
         self.time_remaining.append(context.time_remaining() or float("inf"))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
