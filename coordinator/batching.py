@@ -62,20 +62,20 @@ class ShardBatcher:
         per_replica = self.fanout.config.batch_in_flight_per_replica
         return max(1, per_replica * len(self.fanout.balancers[self.shard].live()))
 
-    async def search(self, vector: np.ndarray, k: int, params: cbir_pb2.SearchParams,
-                     version: str, deadline: float, request_id: str) -> Row:
-        """This query's row of a (maybe shared) shard call; raises ShardCallFailed."""
+    def submit(self, vector: np.ndarray, k: int, params: cbir_pb2.SearchParams,
+               version: str, deadline: float, request_id: str) -> asyncio.Future[Row]:
+        """Queue one query; the future settles with its row of a (maybe shared) shard call, or
+        ShardCallFailed (also when its own deadline passes first). A future, not a task: no
+        task per query and shard. Cancel it to withdraw the query."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Row] = loop.create_future()
         key = (k, params.SerializeToString(), version)
         self._queues.setdefault(key, []).append(_Member(vector, deadline, request_id, future))
-        self._dispatch()
         timer = loop.call_later(max(self.fanout.remaining_s(deadline), 0.0), _expire, future,
                                 self.shard)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        future.add_done_callback(lambda _: timer.cancel())
+        self._dispatch()
+        return future
 
     def _dispatch(self) -> None:
         slots = self._slots()

@@ -37,7 +37,7 @@ def check_vector(values: Sequence[float], dim: int) -> np.ndarray:
     vector = np.asarray(values, dtype=np.float32)
     if vector.shape != (dim,):
         raise InvalidArgument(f"query vector has {vector.size} values; the index has dim {dim}")
-    if not np.all(np.isfinite(vector)):
+    if not np.isfinite(vector).all():
         raise InvalidArgument("query vector contains NaN or infinite values")
     return vector
 

@@ -157,16 +157,22 @@ class DistributedSearch:
         """The pinned path through the shards' batching queues (see coordinator.batching)."""
         assert self.batchers is not None
         vector = np.ascontiguousarray(query, dtype="<f4")
-
-        async def one(batcher: ShardBatcher) -> Row | None:
-            try:
-                return await batcher.search(vector, k, params, version, deadline, request_id)
-            except ShardCallFailed as exc:
-                log.warning("left out of request %s: %s", request_id, exc)
-                self.fanout.metrics.shard_failures.labels(str(batcher.shard)).inc()
-                return None
-
-        rows = await asyncio.gather(*(one(b) for b in self.batchers))
+        futures = [b.submit(vector, k, params, version, deadline, request_id)
+                   for b in self.batchers]
+        rows: list[Row | None] = []
+        try:
+            for shard, future in enumerate(futures):  # every shard's call is already under way
+                try:
+                    rows.append(await future)
+                except ShardCallFailed as exc:
+                    log.warning("left out of request %s: %s", request_id, exc)
+                    self.fanout.metrics.shard_failures.labels(str(shard)).inc()
+                    rows.append(None)
+        finally:
+            for future in futures:  # cancelled caller: withdraw the rest of the query
+                if future.done() and not future.cancelled():
+                    future.exception()  # mark retrieved: no "never retrieved" noise
+                future.cancel()
         answers = {s: r for s, r in enumerate(rows) if r is not None}
         for shard in [s for s, (a, _) in answers.items() if a.index_version != version]:
             log.error("shard %d answered version %s to a query pinned to %s; left out",

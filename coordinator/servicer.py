@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -69,7 +69,7 @@ def request_id_of(request: cbir_pb2.SearchRequest) -> str:
     """The caller's request id when well-formed (logged and forwarded to the shards as is),
     else a fresh one: an id is for correlating logs, so a malformed one is replaced, not
     refused (the reply carries the id actually used)."""
-    return clean_request_id(request.request_id) or uuid.uuid4().hex[:16]
+    return clean_request_id(request.request_id) or os.urandom(8).hex()
 
 
 class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
