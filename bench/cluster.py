@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +20,7 @@ import pyarrow.parquet as pq
 
 from cbir import storage
 from cbir.ids import image_id, shards_of
+from cbir.processes import ChildProcesses, cbir_command, free_port
 from cbir.schema import EMBED_MANIFEST, EmbedManifest, embeddings_schema, write_manifest
 
 BENCH_MODEL = "glove-6b-50d"
@@ -31,12 +28,6 @@ BENCH_MODEL_VERSION = "glove-6b-50d-v1"
 STARTUP_TIMEOUT_S = 180.0
 SHARD_SERVICE = "cbir.v1.Shard"
 COORDINATOR_SERVICE = "cbir.v1.Coordinator"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------- data
@@ -74,10 +65,6 @@ def write_embeddings_run(
 # ---------------------------------------------------------------------------- processes
 
 
-def cbir_command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "cbir.cli", *argv]
-
-
 def run_cbir(*argv: str, timeout_s: float = 600.0) -> tuple[float, str]:
     """Run one ``cbir`` command to completion; (wall seconds, stdout). Raises with its stderr."""
     started = time.perf_counter()
@@ -89,54 +76,15 @@ def run_cbir(*argv: str, timeout_s: float = 600.0) -> tuple[float, str]:
     return round(wall, 3), proc.stdout
 
 
-class Processes:
-    """Child servers; all terminated (SIGTERM, then SIGKILL) on exit, logs kept for errors."""
+class Processes(ChildProcesses):
+    """Benchmark servers: logs in a fresh temp dir, the benchmarks' start-up timeout."""
 
     def __init__(self) -> None:
-        self.log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def start(self, name: str, command: Sequence[str]) -> None:
-        log_file = (self.log_dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(list(command), stdout=log_file, stderr=subprocess.STDOUT)
-        self.children.append((name, proc, log_file))
-
-    def check_alive(self) -> None:
-        for name, proc, _ in self.children:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode}: {self.tail(name)}")
-
-    def tail(self, name: str, chars: int = 1500) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+        super().__init__(Path(tempfile.mkdtemp(prefix="bench-logs-")))
 
     def wait_serving(self, address: str, service: str, timeout_s: float = STARTUP_TIMEOUT_S
                      ) -> None:
-        from cbir.rpc.health import check
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()  # a crashed server fails fast, with its log
-            if check(address, service):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{address} not SERVING {service} after {timeout_s:.0f}s")
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for _, proc, _ in self.children:
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc, log_file in self.children:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log_file.close()
+        super().wait_serving(address, service, timeout_s)
 
 
 def start_shard(procs: Processes, index: str, shard: int, name: str) -> str:

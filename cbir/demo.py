@@ -14,18 +14,16 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from cbir import storage
 from cbir.photos import Photo, bundled_photos, edited_copies, encode_jpeg
+from cbir.processes import ChildProcesses, cbir_command, free_port
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k, master=args.master, serve=args.serve,
     )
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    with local_s3() as endpoint, ProcessGroup(cfg.workdir / "logs") as procs:
+    with local_s3() as endpoint, ChildProcesses(cfg.workdir / "logs") as procs:
         say(f"local S3 endpoint: {endpoint}")
         photos = bundled_photos()
         seed_bucket(photos)
@@ -89,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 f"  .venv/bin/cbir query --coordinator {coordinator} {example}\n"
                 f"  .venv/bin/cbir query --coordinator {coordinator} {example} --json\n"
                 "Press Ctrl-C to stop.")
-            procs.wait_forever()
+            wait_until_a_child_exits(procs)
     return 0
 
 
@@ -133,7 +131,7 @@ def seed_bucket(photos: list[Photo]) -> None:
 def run_cli(*argv: str) -> None:
     say("$ cbir " + " ".join(argv))
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "cbir.cli", "-v", *argv], check=True)
+    subprocess.run(cbir_command("-v", *argv), check=True)
     say(f"{argv[0]} finished in {time.monotonic() - started:.1f}s")
 
 
@@ -158,32 +156,25 @@ def query_by_id(coordinator: str, photo: Photo, k: int) -> None:
     say(f"query by image id {image_id(key)} ({photo.name}.jpg, itself excluded) -> {shown}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_cluster(cfg: DemoConfig, procs: ProcessGroup, index: str) -> str:
-    from cbir.rpc.health import wait_serving
-
+def start_cluster(cfg: DemoConfig, procs: ChildProcesses, index: str) -> str:
     topology: dict[str, list[str]] = {}
     for shard in range(cfg.shards):
         for replica in range(cfg.replicas):
             address = f"127.0.0.1:{free_port()}"
             topology.setdefault(str(shard), []).append(address)
-            procs.start(f"shard{shard}-replica{replica}", "serve-shard", "--index", index,
-                        "--shard", str(shard), "--host", "127.0.0.1",
-                        "--port", address.rsplit(":", 1)[1])
+            procs.start(f"shard{shard}-replica{replica}", cbir_command(
+                "-v", "serve-shard", "--index", index, "--shard", str(shard),
+                "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]))
     topology_file = cfg.workdir / "topology.json"
     topology_file.write_text(json.dumps({"shards": topology}, indent=2))
     coordinator = f"127.0.0.1:{free_port()}"
-    procs.start("coordinator", "serve-coordinator", "--topology", str(topology_file),
-                "--host", "127.0.0.1", "--port", coordinator.rsplit(":", 1)[1])
+    procs.start("coordinator", cbir_command(
+        "-v", "serve-coordinator", "--topology", str(topology_file),
+        "--host", "127.0.0.1", "--port", coordinator.rsplit(":", 1)[1]))
     for addresses in topology.values():
         for address in addresses:
-            wait_serving(address, "cbir.v1.Shard", cfg.startup_timeout_s)
-    wait_serving(coordinator, "cbir.v1.Coordinator", cfg.startup_timeout_s)
+            procs.wait_serving(address, "cbir.v1.Shard", cfg.startup_timeout_s)
+    procs.wait_serving(coordinator, "cbir.v1.Coordinator", cfg.startup_timeout_s)
     say(f"{cfg.shards} shards x {cfg.replicas} replicas + coordinator {coordinator} are SERVING "
         f"(topology: {topology_file}, logs: {procs.log_dir})")
     return coordinator
@@ -211,39 +202,8 @@ def query_edited_photos(coordinator: str, photos: list[Photo], k: int) -> float:
     return sum(hits_by_edit.values()) / max(1, sum(per_edit.values()))
 
 
-class ProcessGroup:
-    """Child servers started with the cbir CLI; all terminated (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def __enter__(self) -> ProcessGroup:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def start(self, name: str, *argv: str) -> None:
-        log_file = (self.log_dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "cbir.cli", "-v", *argv],
-                                stdout=log_file, stderr=subprocess.STDOUT)
-        self.children.append((name, proc, log_file))
-
-    def wait_forever(self) -> None:
-        while True:
-            for name, proc, _ in self.children:
-                if proc.poll() is not None:
-                    say(f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log")
-                    return
-            time.sleep(1.0)
-
-    def __exit__(self, *exc: object) -> None:
-        for _, proc, _ in self.children:
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc, log_file in self.children:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log_file.close()
+def wait_until_a_child_exits(procs: ChildProcesses) -> None:
+    """Serve until Ctrl-C (KeyboardInterrupt) or until a server dies (then say which)."""
+    while (gone := procs.exited()) is None:
+        time.sleep(1.0)
+    say(f"{gone[0]} exited with {gone[1]}; see {procs.log_dir / gone[0]}.log")

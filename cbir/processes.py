@@ -1,0 +1,86 @@
+"""Child processes running the ``cbir`` CLI (servers for the demo and the benchmarks).
+
+Every child is terminated on exit (SIGTERM so servers drain, then SIGKILL after a grace), and
+its output goes to a log file that error messages quote, so a crashed server fails fast with
+its own last words instead of a timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cbir_command(*argv: str) -> list[str]:
+    """The command line running ``cbir ARGV`` with this interpreter."""
+    return [sys.executable, "-m", "cbir.cli", *argv]
+
+
+class ChildProcesses:
+    """A group of child processes, each logging to ``log_dir/<name>.log``."""
+
+    def __init__(self, log_dir: Path, stop_grace_s: float = 15.0) -> None:
+        self.log_dir = log_dir
+        self.stop_grace_s = stop_grace_s
+        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def __enter__(self) -> Self:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def start(self, name: str, command: Sequence[str]) -> None:
+        log_file = (self.log_dir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(list(command), stdout=log_file, stderr=subprocess.STDOUT)
+        self.children.append((name, proc, log_file))
+
+    def exited(self) -> tuple[str, int] | None:
+        """(name, exit code) of a child that has stopped, if any."""
+        for name, proc, _ in self.children:
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+    def check_alive(self) -> None:
+        if (gone := self.exited()) is not None:
+            raise RuntimeError(f"{gone[0]} exited {gone[1]}: {self.tail(gone[0])}")
+
+    def tail(self, name: str, chars: int = 1500) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def wait_serving(self, address: str, service: str, timeout_s: float) -> None:
+        """Block until ``address`` reports SERVING; fail at once if a child died."""
+        from cbir.rpc.health import check
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if check(address, service):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{address} not SERVING {service} after {timeout_s:.0f}s")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for _, proc, _ in self.children:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc, log_file in self.children:
+            try:
+                proc.wait(timeout=self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log_file.close()
