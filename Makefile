@@ -9,7 +9,7 @@ protos:
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/cbir.proto
 
 test:
-	$(PY) -m pytest
+	bash scripts/test.sh
 
 lint:
 	$(PY) -m ruff check .
@@ -18,4 +18,7 @@ typecheck:
 	$(PY) -m mypy cbir jobs shard_server coordinator bench deploy
 
 demo:
-	.venv/bin/cbir demo
+	bash scripts/demo.sh
+
+bench:
+	$(PY) -m bench all --quick
