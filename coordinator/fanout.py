@@ -227,7 +227,12 @@ class Fanout:
         self.metrics.latency_probes.labels(str(shard)).inc()
 
     async def attempt(self, shard: int, address: str, fn: ShardCall[T], deadline: float) -> T:
-        replica = self.replicas[(shard, address)]
+        replica = self.replicas.get((shard, address))
+        if replica is None:
+            # Removed from the topology between the pick and this attempt's start: the replica,
+            # not the request, is gone, so answer like an unreachable one (retried elsewhere).
+            raise grpc.aio.AioRpcError(Code.UNAVAILABLE, grpc.aio.Metadata(),
+                                       grpc.aio.Metadata(), f"replica {address} was removed")
         balancer = self.balancers[shard]
         gauge = replica.gauge
         balancer.begin(address)
