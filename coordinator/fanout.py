@@ -8,10 +8,11 @@ the caller's deadline minus a margin, so the merged answer can leave before the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -121,6 +122,19 @@ class Fanout:
         return Replica(shard, address, channel, cbir_pb2_grpc.ShardStub(channel),
                        health_pb2_grpc.HealthStub(channel), gauge)
 
+    @contextlib.contextmanager
+    def _holding(self, replica: Replica) -> Iterator[None]:
+        """Keep ``replica``'s channel open during a side call (version poll, health probe):
+        closing it under the call would cancel it, and the CancelledError would end the
+        background loop that made it. Not counted in the balancer or the in-flight gauge."""
+        replica.in_flight += 1
+        try:
+            yield
+        finally:
+            replica.in_flight -= 1
+            if replica.retired and replica.in_flight == 0:
+                self._close_later(replica)
+
     def _close_later(self, replica: Replica) -> None:
         task = asyncio.get_running_loop().create_task(replica.channel.close())
         self._closers.add(task)
@@ -170,10 +184,15 @@ class Fanout:
         if replica is None:
             return
         try:
-            stats = await replica.stub.Stats(cbir_pb2.StatsRequest(), timeout=timeout_s)
+            with self._holding(replica):
+                stats = await replica.stub.Stats(cbir_pb2.StatsRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
-            log.debug("shard %d: version poll of %s failed: %s", shard, address, exc.code().name)
-            self.versions.forget(shard, address)
+            if not replica.retired:
+                log.debug("shard %d: version poll of %s failed: %s", shard, address,
+                          exc.code().name)
+                self.versions.forget(shard, address)
+            return
+        if replica.retired:  # removed while we asked: its answer must not bring it back
             return
         self.versions.report(shard, address, stats.held_versions or [stats.index_version])
 
@@ -273,9 +292,12 @@ class Fanout:
             return
         request = health_pb2.HealthCheckRequest(service=SHARD_SERVICE)
         try:
-            reply = await replica.health.Check(request, timeout=self.config.probe_timeout_s)
+            with self._holding(replica):
+                reply = await replica.health.Check(request, timeout=self.config.probe_timeout_s)
         except grpc.aio.AioRpcError as exc:
             log.debug("shard %d: probe of %s failed: %s", shard, address, exc.code().name)
+            return
+        if replica.retired:
             return
         if reply.status == health_pb2.HealthCheckResponse.SERVING:
             self.balancers[shard].restore(address)
