@@ -214,8 +214,13 @@ class DistributedSearch:
             pinned = cbir_pb2.ShardSearchRequest()
             pinned.CopyFrom(request)
             pinned.index_version = version
-            answers.update(await self._fan_out(pinned, stragglers, deadline, PINNED_RETRYABLE,
-                                               version))
+            again = await self._fan_out(pinned, stragglers, deadline, PINNED_RETRYABLE, version)
+            for shard, answer in again.items():  # one that ignored the pin: never merged
+                if answer.index_version == version:
+                    answers[shard] = answer
+                else:
+                    log.error("shard %d answered version %s to a query pinned to %s; left out",
+                              shard, answer.index_version, version)
         return answers, version
 
     async def _fan_out(
