@@ -122,8 +122,25 @@ class ShardBatcher:
 
         deadline = max(m.deadline for m in members)
         prefer = self.fanout.holders(self.shard, version)
+        sent = asyncio.ensure_future(
+            self.fanout.call(self.shard, call, deadline, self.retry_codes, prefer))
+
+        def withdraw(_: object) -> None:
+            # Every query of the batch has left (cancelled callers): stop the call, or it would
+            # hold this call slot until the latest deadline while other queries queue.
+            if not sent.done() and all(m.future.done() for m in members):
+                sent.cancel()
+
+        for member in members:
+            member.future.add_done_callback(withdraw)
         try:
-            reply = await self.fanout.call(self.shard, call, deadline, self.retry_codes, prefer)
+            reply = await sent
+        except asyncio.CancelledError:
+            _settle(members, ShardCallFailed(self.shard, "batched call cancelled"))
+            current = asyncio.current_task()
+            if sent.cancelled() and not (current is not None and current.cancelling()):
+                return  # withdrawn above, not this task cancelled
+            raise
         except ShardCallFailed as exc:
             _settle(members, exc)
             return
