@@ -8,6 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Limits:
     max_k: int = 1000
+    max_ef_search: int = 16_384  # HNSW candidate list; beyond this a query is a denial of service
     max_batch: int = 1024  # query vectors per request
     max_message_bytes: int = 32 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024

@@ -20,12 +20,15 @@ def check_k(k: int, limits: Limits) -> int:
     return k
 
 
-def check_params(nprobe: int, ef_search: int) -> None:
+def check_params(nprobe: int, ef_search: int, limits: Limits) -> None:
     if nprobe < 0 or ef_search < 0:
         raise InvalidArgument(
             f"search params must be >= 0 (0 = index default), got nprobe={nprobe} "
             f"ef_search={ef_search}"
         )
+    # Checked here too: otherwise every shard refuses it and the caller sees UNAVAILABLE.
+    if ef_search > limits.max_ef_search:
+        raise InvalidArgument(f"ef_search must be <= {limits.max_ef_search}, got {ef_search}")
 
 
 def check_image_id(image_id: int) -> None:

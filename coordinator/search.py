@@ -124,7 +124,9 @@ class DistributedSearch:
         deadline: float,
         request_id: str,
     ) -> SearchAnswer:
-        shard_k = k + (1 if exclude_id is not None else 0)
+        # One extra to make room for the excluded query image, within what a shard accepts:
+        # at k = max_k an excluded self-match leaves max_k - 1 hits rather than failing.
+        shard_k = min(k + (1 if exclude_id is not None else 0), self.fanout.config.limits.max_k)
         pinned = self.fanout.pinned_version()
         if pinned is not None and self.batchers is not None:
             answers = await self._batched(query, shard_k, params, pinned, deadline, request_id)

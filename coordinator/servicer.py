@@ -114,7 +114,7 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
     ) -> cbir_pb2.SearchResponse:
         deadline = time.monotonic() + remaining_s(context, self.config.limits)
         k = check_k(request.k, self.config.limits)
-        check_params(request.params.nprobe, request.params.ef_search)
+        check_params(request.params.nprobe, request.params.ef_search, self.config.limits)
         info = self.state.require_info()
         vector, exclude = await self._query_vector(request, info, deadline, request_id)
         answer = await self.search.search(

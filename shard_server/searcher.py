@@ -24,7 +24,7 @@ from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load
 
 log = logging.getLogger(__name__)
 
-MAX_EF_SEARCH = 16_384
+MAX_EF_SEARCH = DEFAULT_LIMITS.max_ef_search
 
 
 @dataclass(frozen=True)

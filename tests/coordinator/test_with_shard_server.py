@@ -90,3 +90,24 @@ def test_failover_and_partial_answers_with_real_shards(
         result = client.search_vector(data.vectors[0], k=5, timeout_s=3)
         assert result.partial and result.failed_shards == (1,)
         assert all(h.shard == 0 for h in result.hits)
+
+
+def test_limit_edges_get_answers_or_invalid_argument_not_unavailable(
+    real_cluster: tuple[str, list[list[ShardServer]]], real_index: BuiltIndex
+) -> None:
+    """k = max_k with the query image excluded still answers (the shards are asked for at most
+    max_k), and an ef_search beyond the limit is the caller's mistake, not a shard outage."""
+    from cbir.errors import InvalidArgument
+    from cbir.limits import DEFAULT_LIMITS
+
+    address, _ = real_cluster
+    data = data_of(real_index)
+    with CoordinatorClient(address, timeout_s=10) as client:
+        result = client.search_id(int(data.ids[3]), k=DEFAULT_LIMITS.max_k,
+                                  exclude_query_image=True)
+        assert not result.partial
+        assert int(data.ids[3]) not in [h.image_id for h in result.hits]
+        assert len(result.hits) == len(data.ids) - 1  # 400 vectors < max_k: all but itself
+        with pytest.raises(InvalidArgument, match="ef_search must be <="):
+            client.search_vector(data.vectors[0], k=5,
+                                 ef_search=DEFAULT_LIMITS.max_ef_search + 1)
