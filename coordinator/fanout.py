@@ -112,6 +112,10 @@ class Fanout:
                 if replica.in_flight == 0:
                     self._close_later(replica)
                 self.metrics.in_flight.remove(str(shard), address)
+                # Per-replica series go with the replica: with DNS over pod IPs, keeping them
+                # would grow the label sets with every pod that ever existed.
+                with contextlib.suppress(KeyError):
+                    self.metrics.ejections.remove(str(shard), address)
             self.metrics.live_replicas.labels(str(shard)).set(len(balancer.live()))
 
     def _open(self, shard: int, address: str) -> Replica:
