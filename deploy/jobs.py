@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.params import OverlayParams, kustomize_images, kustomize_labels
+from deploy.params import OverlayParams, json_patch, kustomization, replace_op
 from deploy.yamlio import dump_all
 
 K8S_MASTER = "k8s://https://kubernetes.default.svc"
@@ -90,32 +90,17 @@ def executor_pod_template(params: OverlayParams) -> dict[str, Any]:
             "spec": spec}
 
 
-def _replace(path: str, value: Any) -> dict[str, Any]:
-    return {"op": "replace", "path": path, "value": value}
-
-
-def _patch(kind: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"target": {"kind": kind, "name": name},
-            "patch": dump_all([ops])}
-
-
 def backfill_kustomization(params: OverlayParams, base: str) -> dict[str, Any]:
     # --num-shards: the embeddings' shard column must match the index's shard count.
     args = ["backfill", f"--input={params.images_uri}", f"--output={params.embeddings_uri}",
             "--engine=spark", f"--master={K8S_MASTER}", f"--num-shards={params.shards}",
             f"--batch-size={params.backfill_batch_size}"]
-    return {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": params.namespace,
-        "resources": [base],
-        "labels": kustomize_labels(params),
-        "images": kustomize_images(params, ("jobs",)),
-        "configMapGenerator": [{"name": "cbir-spark-conf",
-                                "files": ["spark-defaults.conf", EXECUTOR_TEMPLATE]}],
-        "patches": [_patch("Job", "cbir-backfill", [
-            _replace("/spec/template/spec/containers/0/args", args)])],
-    }
+    return kustomization(
+        params, [base], ("jobs",),
+        configMapGenerator=[{"name": "cbir-spark-conf",
+                             "files": ["spark-defaults.conf", EXECUTOR_TEMPLATE]}],
+        patches=[json_patch("Job", "cbir-backfill", [
+            replace_op("/spec/template/spec/containers/0/args", args)])])
 
 
 def backfill_files(params: OverlayParams, base: str, header: str) -> dict[str, str]:
@@ -133,15 +118,9 @@ def build_index_kustomization(params: OverlayParams, base: str) -> dict[str, Any
     args = ["build-index", f"--embeddings={params.embeddings_uri}",
             f"--output={params.build_output_uri}", f"--shards={params.shards}",
             "--engine=sequential", "--shard-only=$(SHARD_INDEX)"]
-    return {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": params.namespace,
-        "resources": [base],
-        "labels": kustomize_labels(params),
-        "images": kustomize_images(params, ("jobs",)),
-        "patches": [_patch("Job", "cbir-build-index", [
-            _replace("/spec/completions", params.shards),
-            _replace("/spec/parallelism", min(params.shards, params.build_parallelism)),
-            _replace("/spec/template/spec/containers/0/args", args)])],
-    }
+    return kustomization(
+        params, [base], ("jobs",),
+        patches=[json_patch("Job", "cbir-build-index", [
+            replace_op("/spec/completions", params.shards),
+            replace_op("/spec/parallelism", min(params.shards, params.build_parallelism)),
+            replace_op("/spec/template/spec/containers/0/args", args)])])

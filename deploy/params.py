@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.yamlio import dump_all
+
 MI = 1024**2
 _UNITS = {"": 1, "Ki": 1024, "Mi": MI, "Gi": 1024**3, "Ti": 1024**4,
           "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -171,6 +173,25 @@ def kustomize_images(params: OverlayParams, targets: tuple[str, ...]) -> list[di
         name, tag = params.image(target)
         out.append({"name": f"cbir-{target}", "newName": name, "newTag": tag})
     return out
+
+
+def json_patch(kind: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """A kustomize ``patches`` entry: JSON 6902 ``ops`` on the object ``kind``/``name``."""
+    return {"target": {"kind": kind, "name": name}, "patch": dump_all([ops])}
+
+
+def replace_op(path: str, value: Any) -> dict[str, Any]:
+    return {"op": "replace", "path": path, "value": value}
+
+
+def kustomization(params: OverlayParams, resources: list[str], targets: tuple[str, ...],
+                  **sections: Any) -> dict[str, Any]:
+    """An overlay's kustomization: namespace, recommended labels and the images of
+    ``targets``, then ``sections`` (configMapGenerator, patches) in the order given."""
+    return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "namespace": params.namespace, "resources": resources,
+            "labels": kustomize_labels(params), "images": kustomize_images(params, targets),
+            **sections}
 
 
 def kustomize_labels(params: OverlayParams) -> list[dict[str, Any]]:

@@ -30,9 +30,10 @@ from deploy.params import (
     OverlayParams,
     ParamsError,
     dump_params,
-    kustomize_images,
-    kustomize_labels,
+    json_patch,
+    kustomization,
     load_params,
+    replace_op,
 )
 from deploy.tls import coordinator_patch, secure_shard_pod
 from deploy.yamlio import dump_all
@@ -119,31 +120,21 @@ def coordinator_config(params: OverlayParams) -> dict[str, str]:
 
 def serving_kustomization(params: OverlayParams, base: str,
                           shard_files: Sequence[str]) -> dict[str, Any]:
-    hpa_patch = [
-        {"op": "replace", "path": "/spec/minReplicas", "value": params.coordinator_min_replicas},
-        {"op": "replace", "path": "/spec/maxReplicas", "value": params.coordinator_max_replicas},
-    ]
-    replicas_patch = [{"op": "replace", "path": "/spec/replicas",
-                       "value": params.coordinator_min_replicas}]
-    return {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": params.namespace,
-        "resources": [base, *shard_files],
-        "labels": kustomize_labels(params),
-        "images": kustomize_images(params, ("server", "coordinator")),
-        "configMapGenerator": [{
+    hpa_patch = [replace_op("/spec/minReplicas", params.coordinator_min_replicas),
+                 replace_op("/spec/maxReplicas", params.coordinator_max_replicas)]
+    replicas_patch = [replace_op("/spec/replicas", params.coordinator_min_replicas)]
+    return kustomization(
+        params, [base, *shard_files], ("server", "coordinator"),
+        configMapGenerator=[{
             "name": "cbir-coordinator-config", "behavior": "merge",
             "literals": [f"{k}={v}" for k, v in coordinator_config(params).items()],
         }],
-        "patches": [
-            {"target": {"kind": "HorizontalPodAutoscaler", "name": "cbir-coordinator"},
-             "patch": dump_all([hpa_patch])},
-            {"target": {"kind": "Deployment", "name": "cbir-coordinator"},
-             "patch": dump_all([replicas_patch + coordinator_patch(params.tls,
-                                                                   base_coordinator_probes())])},
+        patches=[
+            json_patch("HorizontalPodAutoscaler", "cbir-coordinator", hpa_patch),
+            json_patch("Deployment", "cbir-coordinator",
+                       replicas_patch + coordinator_patch(params.tls, base_coordinator_probes())),
         ],
-    }
+    )
 
 
 def base_coordinator_probes() -> dict[str, dict[str, Any]]:
