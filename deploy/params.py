@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.tls import TLS_MODES
 from deploy.yamlio import dump_all
 
 MI = 1024**2
@@ -98,7 +99,7 @@ class OverlayParams:
             raise ParamsError("replicas must be >= 2 (a shard needs a spare to drain a node)")
         if self.anti_affinity not in ("preferred", "required"):
             raise ParamsError("anti_affinity must be 'preferred' or 'required'")
-        if self.tls not in ("off", "tls", "mtls"):
+        if self.tls not in TLS_MODES:
             raise ParamsError("tls must be 'off', 'tls' or 'mtls'")
         if self.drain_seconds <= self.resolve_interval:
             raise ParamsError("drain_seconds must exceed resolve_interval (coordinators must "

@@ -35,7 +35,7 @@ from deploy.params import (
     load_params,
     replace_op,
 )
-from deploy.tls import coordinator_patch, secure_shard_pod
+from deploy.tls import PROBES, coordinator_patch, secure_shard_pod
 from deploy.yamlio import dump_all
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def base_coordinator_probes() -> dict[str, dict[str, Any]]:
     docs = yaml.safe_load_all((K8S_DIR / "base" / "coordinator.yaml").read_text())
     dep = next(d for d in docs if d and d["kind"] == "Deployment")
     ctr = dep["spec"]["template"]["spec"]["containers"][0]
-    return {name: ctr[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    return {name: ctr[name] for name in PROBES}
 
 
 def render_overlay(params: OverlayParams, overlay_dir: Path) -> dict[str, str]:
