@@ -47,16 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_in_process(name: str, quick: bool) -> dict[str, Any]:
-    module = importlib.import_module(f"bench.{name}")
-    run = getattr(module, "run", None)
-    if callable(run):
-        return dict(run(quick))
-    # A benchmark module with only a CLI: run it and take the JSON document it prints.
-    cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return _last_json(proc.stdout)
+    return dict(importlib.import_module(f"bench.{name}").run(quick))
 
 
 def _last_json(text: str) -> dict[str, Any]:
