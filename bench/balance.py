@@ -116,7 +116,7 @@ async def measure_scenario(coordinator: str, replicas: tuple[str, str], data: ha
     return load
 
 
-def _start_coordinators(procs: cluster.Processes, work: Path, topologies: dict[str, str]
+def _start_coordinators(procs: cluster.Processes, topologies: dict[str, str]
                         ) -> dict[tuple[str, str], str]:
     rr = [*cluster.cbir_command("serve-coordinator"), "--balancer", "round-robin",
           "--no-adaptive-hedge"]
@@ -140,7 +140,7 @@ def _cluster_run(work: Path, index: str, data: harness.VectorSet, concurrency: i
             "healthy": cluster.write_topology(work / "healthy.json", {0: [pa0, pb0]}),
             "slow": cluster.write_topology(work / "slow.json", {0: [pa0, pbd]}),
         }
-        coordinators = _start_coordinators(procs, work, topologies)
+        coordinators = _start_coordinators(procs, topologies)
         for address in (a, b, pa0, pb0, pbd):
             procs.wait_serving(address, cluster.SHARD_SERVICE)
         for address in coordinators.values():
