@@ -35,15 +35,12 @@ class BuildBench:
     shards: int
     factory: str
     train_size: int
-    spark: bool
 
 
 def _config(quick: bool) -> BuildBench:
     if quick:
-        return BuildBench(n_base=50_000, shards=2, factory="IVF512,Flat", train_size=50_000,
-                          spark=True)
-    return BuildBench(n_base=200_000, shards=2, factory="IVF1024,Flat", train_size=100_000,
-                      spark=True)
+        return BuildBench(n_base=50_000, shards=2, factory="IVF512,Flat", train_size=50_000)
+    return BuildBench(n_base=200_000, shards=2, factory="IVF1024,Flat", train_size=100_000)
 
 
 def direct_faiss(vectors: np.ndarray, ids: np.ndarray, cfg: BuildBench, out_dir: Path
@@ -121,8 +118,7 @@ def run(quick: bool) -> dict[str, Any]:
     direct = _try(direct_faiss, data.base, ids, cfg, work)
     library = _try(library_build, str(work / "embeddings"), str(work / "index-lib"), cfg)
     seq = _try(cli_build, str(work / "embeddings"), str(work / "index-seq"), cfg, "sequential")
-    spark = (_try(cli_build, str(work / "embeddings"), str(work / "index-spark"), cfg, "spark")
-             if cfg.spark else {"skipped": True})
+    spark = _try(cli_build, str(work / "embeddings"), str(work / "index-spark"), cfg, "spark")
     direct_shard = _mean(direct.get("per_shard_s"))
     lib_shard = _mean(library.get("per_shard_s"))
     return {
