@@ -126,14 +126,7 @@ class ShardSearchClient:
         self._k = k
 
     async def search(self, query: np.ndarray) -> np.ndarray:
-        from protos import cbir_pb2
-
-        q = np.ascontiguousarray(query, dtype="<f4")
-        reply = await self._stub.Search(
-            cbir_pb2.ShardSearchRequest(vectors=q.tobytes(), dim=q.shape[-1], k=self._k),
-            timeout=10.0,
-        )
-        return np.frombuffer(reply.ids, dtype="<i8")[: self._k]
+        return (await self.search_batch(query.reshape(1, -1)))[0]
 
     async def search_batch(self, queries: np.ndarray) -> np.ndarray:
         """One Search request carrying every row of ``queries``: (B, dim) -> (B, k) ids."""
