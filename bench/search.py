@@ -71,7 +71,7 @@ def _load_shard_index(index_root: str, shard: int) -> tuple[Any, Any]:
     return index, search_parameters(index, manifest.search_params)
 
 
-def in_process_search(index_root: str, num_shards: int) -> tuple[harness.SearchOne, list[Any]]:
+def in_process_search(index_root: str, num_shards: int) -> harness.SearchOne:
     """(a) one index, or (a2) every shard of a build searched in turn and merged exactly."""
     shards = [_load_shard_index(index_root, s) for s in range(num_shards)]
 
@@ -86,7 +86,7 @@ def in_process_search(index_root: str, num_shards: int) -> tuple[harness.SearchO
         order = np.lexsort((all_ids, -all_scores))[:K]  # score desc, ties by id
         return all_ids[order]
 
-    return search, [params for _, params in shards]
+    return search
 
 
 def in_process_batch_search(index_root: str) -> harness.SearchBatch:
@@ -193,10 +193,8 @@ def measure_dataset(data: VectorSet, factory: str, plan: Plan, name: str) -> dic
         for address in (one, *two):
             procs.wait_serving(address, cluster.SHARD_SERVICE)
         procs.wait_serving(coordinator, cluster.COORDINATOR_SERVICE)
-        search_a, _ = in_process_search(index1, 1)
-        a = measure_in_process(search_a, data, truth_ids, plan)
-        search_a2, _ = in_process_search(index2, 2)
-        a2 = measure_in_process(search_a2, data, truth_ids, plan)
+        a = measure_in_process(in_process_search(index1, 1), data, truth_ids, plan)
+        a2 = measure_in_process(in_process_search(index2, 2), data, truth_ids, plan)
         a_batched = measure_batched_in_process(index1, data, truth_ids, plan)
         remote = asyncio.run(_remote_paths(one, coordinator, data, truth_ids, plan))
     floor = remote.pop("grpc_noop_floor")
