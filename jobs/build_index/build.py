@@ -132,13 +132,13 @@ def _ids_parquet(rows: reader.Rows) -> bytes:
     return sink.getvalue()
 
 
-def _committed(task: ShardTask) -> ShardManifest | None:
-    """A shard already built by an identical run (same index_version) is not rebuilt."""
-    uri = index_layout.shard_file(task.output, task.shard, INDEX_MANIFEST)
+def committed_shard(output: str, shard: int, version: str) -> ShardManifest | None:
+    """The shard's manifest if ``version`` of it is committed (a re-run does not rebuild it)."""
+    uri = index_layout.shard_file(output, shard, INDEX_MANIFEST)
     if not storage.exists(uri):
         return None
     done = read_manifest(uri, ShardManifest)
-    return done if done.index_version == task.index_version else None
+    return done if done.index_version == version else None
 
 
 def _tune(task: ShardTask, index: faiss.Index, rows: reader.Rows) -> tune.TuneResult:
@@ -150,7 +150,7 @@ def _tune(task: ShardTask, index: faiss.Index, rows: reader.Rows) -> tune.TuneRe
 
 
 def build_shard(task: ShardTask, trained: bytes) -> ShardManifest:
-    if (done := _committed(task)) is not None:
+    if (done := committed_shard(task.output, task.shard, task.index_version)) is not None:
         log.info("shard %d already built (%s), skipping", task.shard, task.index_version)
         return done
     dataset = reader.open_dataset(task.embeddings, task.dim)
@@ -224,16 +224,13 @@ def load_or_train(config: BuildConfig, version: str, dataset: reader.ds.Dataset,
     return trained
 
 
-def committed_shards(output: str, num_shards: int, version: str) -> list[ShardManifest]:
-    """The shard manifests of ``version`` that exist so far."""
-    found = []
-    for shard in range(num_shards):
-        uri = index_layout.shard_file(output, shard, INDEX_MANIFEST)
-        if storage.exists(uri):
-            done = read_manifest(uri, ShardManifest)
-            if done.index_version == version:
-                found.append(done)
-    return found
+def committed_shards(output: str, num_shards: int, version: str,
+                     known: dict[int, ShardManifest]) -> list[ShardManifest]:
+    """The shard manifests of ``version`` that exist so far; ``known`` (what this process's
+    tasks just committed) is not read back from storage."""
+    found = [known[s] if s in known else committed_shard(output, s, version)
+             for s in range(num_shards)]
+    return [done for done in found if done is not None]
 
 
 def _check_shard_only(config: BuildConfig) -> None:
@@ -261,9 +258,9 @@ def build_index(config: BuildConfig) -> IndexManifest | None:
         outcomes = run_sequential(tasks, trained)
     else:
         raise errors.InvalidArgument(f"unknown engine {config.engine!r}")
-    for outcome in outcomes:
-        outcome.unwrap()  # re-raise a task's typed error here
-    shard_manifests = committed_shards(config.output, config.num_shards, tasks[0].index_version)
+    built = {outcome.shard: outcome.unwrap() for outcome in outcomes}  # re-raises task errors
+    shard_manifests = committed_shards(config.output, config.num_shards, tasks[0].index_version,
+                                       built)
     if len(shard_manifests) < config.num_shards:
         log.info("%d/%d shards committed; the last one writes the index manifest",
                  len(shard_manifests), config.num_shards)
