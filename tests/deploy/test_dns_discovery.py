@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,13 +20,12 @@ import grpc
 import pytest
 
 from cbir.client import CoordinatorClient
-from cbir.rpc.health import wait_serving
+from cbir.processes import ChildProcesses, cbir_command
 from protos import cbir_pb2, cbir_pb2_grpc
 from tests.conftest import free_port
 from tests.shard_server.conftest import build
 
 pytestmark = pytest.mark.slow
-CBIR = [sys.executable, "-m", "cbir.cli"]
 SHARD0 = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 SHARD1 = "127.0.0.5"
 
@@ -66,10 +64,6 @@ class Dnsmasq:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*CBIR, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 def _served(address: str) -> int:
@@ -114,44 +108,43 @@ class QueryLoop:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Dnsmasq, dict[str, subprocess.Popen[bytes]], int]]:
+def cluster(tmp_path: Path) -> Iterator[tuple[Dnsmasq, ChildProcesses, int]]:
+    """dnsmasq plus every shard replica serving (a replica that dies fails at once, quoting
+    its log); the test starts the coordinator in the same group, all stopped at teardown."""
     if shutil.which("dnsmasq") is None:
         pytest.skip("dnsmasq is not installed (apt-get install dnsmasq)")
     index = build(tmp_path, "idx")
     port = free_port()
     dns = Dnsmasq(tmp_path)
-    procs = {}
-    for host, shard in [*((h, 0) for h in SHARD0), (SHARD1, 1)]:
-        procs[host] = _start(["serve-shard", f"--index={index.root}", f"--shard={shard}",
-                              f"--host={host}", f"--port={port}", "--drain-seconds=1"],
-                             tmp_path / f"shard-{host}.log")
     try:
-        for host in procs:
-            wait_serving(f"{host}:{port}", "cbir.v1.Shard", timeout_s=120)
-        yield dns, procs, port
+        with ChildProcesses(tmp_path / "logs") as procs:
+            for host, shard in [*((h, 0) for h in SHARD0), (SHARD1, 1)]:
+                procs.start(host, cbir_command(
+                    "serve-shard", f"--index={index.root}", f"--shard={shard}",
+                    f"--host={host}", f"--port={port}", "--drain-seconds=1"))
+            for host in [*SHARD0, SHARD1]:
+                procs.wait_serving(f"{host}:{port}", "cbir.v1.Shard", timeout_s=120)
+            yield dns, procs, port
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            proc.wait(30)
         dns.close()
 
 
 def test_coordinator_follows_dns_scale_up_and_down(
-    cluster: tuple[Dnsmasq, dict[str, subprocess.Popen[bytes]], int], tmp_path: Path
+    cluster: tuple[Dnsmasq, ChildProcesses, int]
 ) -> None:
-    dns, shards, port = cluster
+    dns, procs, port = cluster
+    shards = {name: proc for name, proc, _ in procs.children}
     records = {"shard-0.cbir.test": SHARD0[:2], "shard-1.cbir.test": [SHARD1]}
     dns.reload(records)
     coord_port = free_port()
-    coordinator = _start(
-        ["serve-coordinator", f"--shard-dns=shard-{{shard}}.cbir.test:{port}", "--shards=2",
-         f"--dns-server=127.0.0.1:{dns.port}", "--resolve-interval=0.5", "--no-image-queries",
-         "--host=127.0.0.1", f"--port={coord_port}"], tmp_path / "coordinator.log")
+    procs.start("coordinator", cbir_command(
+        "serve-coordinator", f"--shard-dns=shard-{{shard}}.cbir.test:{port}", "--shards=2",
+        f"--dns-server=127.0.0.1:{dns.port}", "--resolve-interval=0.5", "--no-image-queries",
+        "--host=127.0.0.1", f"--port={coord_port}"))
     address = f"127.0.0.1:{coord_port}"
     loop = None
     try:
-        wait_serving(address, "cbir.v1.Coordinator", timeout_s=120)
+        procs.wait_serving(address, "cbir.v1.Coordinator", timeout_s=120)
         loop = QueryLoop(address, [[float((i * 7 + j) % 5) for j in range(16)] for i in range(4)])
         info = loop.client.info
 
@@ -184,7 +177,5 @@ def test_coordinator_follows_dns_scale_up_and_down(
     finally:
         if loop is not None:
             loop.stop()
-        coordinator.terminate()
-        coordinator.wait(30)
     assert loop.problems == [], loop.problems[:5]
     assert loop.count > 50
