@@ -24,8 +24,6 @@ from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load
 
 log = logging.getLogger(__name__)
 
-MAX_EF_SEARCH = DEFAULT_LIMITS.max_ef_search
-
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -83,13 +81,14 @@ def check_k(k: int, limits: Limits) -> None:
         raise InvalidArgument(f"k must be in 1..{limits.max_k}, got {k}")
 
 
-def merge_params(defaults: dict[str, int], requested: dict[str, int]) -> dict[str, int]:
+def merge_params(defaults: dict[str, int], requested: dict[str, int],
+                 limits: Limits = DEFAULT_LIMITS) -> dict[str, int]:
     """Per-request values win over defaults; 0 means "the default"; negatives are refused."""
     for name, value in requested.items():
         if value < 0:
             raise InvalidArgument(f"{name} must be >= 0, got {value}")
-    if requested.get(EF_SEARCH, 0) > MAX_EF_SEARCH:
-        raise InvalidArgument(f"ef_search must be <= {MAX_EF_SEARCH}")
+    if requested.get(EF_SEARCH, 0) > limits.max_ef_search:
+        raise InvalidArgument(f"ef_search must be <= {limits.max_ef_search}")
     out = dict(defaults)
     out.update({name: value for name, value in requested.items() if value > 0})
     return out
@@ -132,7 +131,7 @@ class ShardSearcher:
         loaded = self.store.get(index_version)
         check_k(k, self.config.limits)
         queries = decode_queries(data, dim, loaded.manifest.dim, self.config.limits)
-        merged = merge_params(self.defaults(loaded), params)
+        merged = merge_params(self.defaults(loaded), params, self.config.limits)
         scores, ids = await self._batcher.search(loaded, queries, k, merged)
         self.queries_served += len(queries)
         return SearchResult(ids, scores, loaded.keys_of(ids), loaded.version)

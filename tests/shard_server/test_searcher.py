@@ -54,6 +54,10 @@ def test_k_and_params() -> None:
     assert merge_params({"nprobe": 8}, {"nprobe": 32}) == {"nprobe": 32}
     with pytest.raises(InvalidArgument, match="nprobe must be >= 0"):
         merge_params({}, {"nprobe": -1})
+    small = Limits(max_ef_search=100)  # the configured limit, not the default one
+    assert merge_params({}, {"ef_search": 100}, small) == {"ef_search": 100}
+    with pytest.raises(InvalidArgument, match="ef_search must be <= 100"):
+        merge_params({}, {"ef_search": 101}, small)
 
 
 def test_keys_of_maps_ids_and_blanks_no_result(flat_index: BuiltIndex) -> None:
