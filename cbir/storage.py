@@ -86,7 +86,9 @@ S3_REQUESTS = RequestStats()
 
 
 def s3_client(max_attempts: int = 8) -> Any:
-    """A boto3 S3 client honouring the standard env.
+    """The process's boto3 S3 client for the current env (built once per endpoint, retry
+    settings and credentials, then shared: clients are thread-safe, building one costs tens of
+    milliseconds, and building them from boto3's default session is not thread-safe).
 
     botocore's retry layer handles every *request-level* transient fault: throttling (503
     SlowDown, 429, ...), 500/502/503/504, connection resets/timeouts before a response. Mode
@@ -94,19 +96,30 @@ def s3_client(max_attempts: int = 8) -> Any:
     retry storms) unless ``AWS_RETRY_MODE`` says otherwise (``adaptive`` adds client-side rate
     limiting); ``AWS_MAX_ATTEMPTS`` overrides ``max_attempts`` (total tries, first included).
     """
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or max_attempts)
+    mode = os.environ.get("AWS_RETRY_MODE") or "standard"
+    credentials = (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"))
+    with _CLIENT_LOCK:
+        return _new_s3_client(endpoint_url(), attempts, mode, credentials)
+
+
+_CLIENT_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=8)
+def _new_s3_client(
+    endpoint: str | None, attempts: int, mode: str, _credentials: tuple[str | None, str | None]
+) -> Any:
     import boto3
     from botocore.config import Config
 
     cfg = Config(
-        retries={
-            "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or max_attempts),
-            "mode": os.environ.get("AWS_RETRY_MODE") or "standard",
-        },
+        retries={"max_attempts": attempts, "mode": mode},
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=32,
     )
-    client = boto3.client("s3", endpoint_url=endpoint_url(), config=cfg)
+    client = boto3.client("s3", endpoint_url=endpoint, config=cfg)
     client.meta.events.register("before-call.s3", S3_REQUESTS._on_call)
     client.meta.events.register("before-send.s3", S3_REQUESTS._on_send)
     return client
@@ -210,12 +223,3 @@ def delete(uri: str) -> None:
         return
     Path(uri).unlink(missing_ok=True)
 
-
-def local_copy(uri: str, directory: str) -> str:
-    """A local path holding ``uri``'s bytes (the path itself when it is already local)."""
-    if not is_s3(uri):
-        return uri
-    dest = Path(directory) / Path(parse_s3(uri).key).name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(read_bytes(uri))
-    return str(dest)

@@ -47,3 +47,15 @@ def test_pyarrow_parquet_on_s3(bucket: str) -> None:
     table = pa.table({"a": [1, 2, 3]})
     pq.write_table(table, path, filesystem=fs)
     assert pq.read_table(path, filesystem=fs).equals(table)
+
+
+def test_s3_client_is_shared_per_endpoint(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = storage.s3_client()
+    assert storage.s3_client() is first  # built once, not per call
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    other = storage.s3_client()
+    assert other is not first and other.meta.endpoint_url == "http://127.0.0.1:9"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    assert storage.s3_client() is first
