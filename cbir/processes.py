@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -62,15 +61,9 @@ class ChildProcesses:
 
     def wait_serving(self, address: str, service: str, timeout_s: float) -> None:
         """Block until ``address`` reports SERVING; fail at once if a child died."""
-        from cbir.rpc.health import check
+        from cbir.rpc.health import wait_serving
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if check(address, service):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{address} not SERVING {service} after {timeout_s:.0f}s")
+        wait_serving(address, service, timeout_s, between_checks=self.check_alive)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
