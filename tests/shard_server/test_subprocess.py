@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cbir.rpc.health import wait_serving
 from protos import cbir_pb2, cbir_pb2_grpc
 from tests.shard_server.conftest import DIM, BuiltIndex
 
@@ -26,17 +25,6 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_serving(channel: grpc.Channel, timeout: float = 60.0) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-        if status == health_pb2.HealthCheckResponse.SERVING:
-            return
-        time.sleep(0.1)
-    raise AssertionError("server never became SERVING")
-
-
 def test_subprocess_serves_then_drains_on_sigterm(flat_index: BuiltIndex) -> None:
     proc = _spawn("--index", flat_index.root, "--shard", "1", "--port", "0",
                   "--drain-seconds", "2")
@@ -45,8 +33,8 @@ def test_subprocess_serves_then_drains_on_sigterm(flat_index: BuiltIndex) -> Non
         line = proc.stdout.readline().strip()
         assert line.startswith("listening on 127.0.0.1:"), line
         port = int(line.rsplit(":", 1)[1])
+        wait_serving(f"127.0.0.1:{port}", timeout_s=60)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            _wait_serving(channel)
             stub = cbir_pb2_grpc.ShardStub(channel)
             rows = flat_index.shard_rows(1)[:2]
             resp = stub.Search(cbir_pb2.ShardSearchRequest(
