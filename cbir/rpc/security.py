@@ -232,7 +232,9 @@ def _env(prefix: str, name: str) -> str:
     return "CBIR_" + f"{prefix}{name}".upper().replace("-", "_")
 
 
-def add_security_arguments(parser: argparse.ArgumentParser, server: bool, prefix: str = "") -> None:
+def add_security_arguments(
+    parser: argparse.ArgumentParser, server: bool, prefix: str = ""
+) -> None:
     """``server=True``: what this process serves with. ``server=False``: how it dials others;
     ``prefix`` tells apart two sets in one command (the coordinator uses ``prefix="shard-"`` for
     its channels to the shards). Every flag falls back to an env var, e.g. CBIR_TLS_CERT or
@@ -248,25 +250,23 @@ def add_security_arguments(parser: argparse.ArgumentParser, server: bool, prefix
             **kw,
         )
 
+    def switch(name: str, help_text: str) -> None:
+        group.add_argument(
+            f"--{prefix}{name}",
+            action="store_true",
+            default=_env_flag(_env(prefix, name)),
+            help=f"{help_text} (env {_env(prefix, name)})",
+        )
+
     flag("tls-cert", "PEM certificate chain" + ("" if server else " for mutual TLS"))
     flag("tls-key", "PEM private key" + ("" if server else " for mutual TLS"))
     if server:
         flag("tls-ca", "PEM CA that client certificates must chain to (mutual TLS)")
-        group.add_argument(
-            f"--{prefix}tls-require-client-cert",
-            action="store_true",
-            default=_env_flag(_env(prefix, "tls-require-client-cert")),
-            help="refuse clients without a certificate signed by --tls-ca",
-        )
+        switch("tls-require-client-cert", "refuse clients without a certificate signed by --tls-ca")
         flag("auth-token-file", "file of allowed bearer tokens, '<token> [role,role]' per line")
     else:
         flag("tls-ca", "PEM CA the server certificate must chain to (implies TLS)")
-        group.add_argument(
-            f"--{prefix}tls",
-            action="store_true",
-            default=_env_flag(_env(prefix, "tls")),
-            help="use TLS with the system roots when no --tls-ca is given",
-        )
+        switch("tls", "use TLS with the system roots when no --tls-ca is given")
         flag(
             "tls-server-name",
             "expect this name in the server certificate instead of the host dialled",
