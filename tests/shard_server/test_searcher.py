@@ -73,10 +73,6 @@ def test_k_larger_than_the_shard_pads_with_no_result(flat_index: BuiltIndex) -> 
     assert (ids[0, -5:] == -1).all() and (ids[0, :-5] >= 0).all()
 
 
-def _searcher(root: str, batch: BatchConfig) -> ShardSearcher:
-    return ShardSearcher(SearcherConfig(shard=0, batch=batch))
-
-
 @pytest.mark.parametrize("batch", [BatchConfig(True, 0.002, 64), BatchConfig(False)])
 def test_concurrent_searches_get_their_own_results(flat_index: BuiltIndex,
                                                    batch: BatchConfig) -> None:
@@ -85,7 +81,7 @@ def test_concurrent_searches_get_their_own_results(flat_index: BuiltIndex,
     queries = flat_index.vectors[:40]
 
     async def scenario() -> list[tuple[np.ndarray, np.ndarray]]:
-        searcher = _searcher(flat_index.root, batch)
+        searcher = ShardSearcher(SearcherConfig(shard=0, batch=batch))
         with pytest.raises(Unavailable, match="not loaded"):
             await searcher.search(queries[:1].tobytes(), DIM, 5, {})
         await searcher.load(flat_index.root)
