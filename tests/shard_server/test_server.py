@@ -247,8 +247,8 @@ def test_serves_an_index_from_s3(flat_index: BuiltIndex, bucket: str) -> None:
         ids, scores, _, _ = _search(stub, flat_index.vectors[rows], 1)
         assert ids[:, 0].tolist() == flat_index.ids[rows].tolist()
         np.testing.assert_allclose(scores[:, 0], 1.0, rtol=1e-5)
+    storage.write_bytes(storage.join(root, "shard=000/index.faiss"), b"garbage")
     with pytest.raises(FailedPrecondition, match="checksum"):
-        storage.write_bytes(storage.join(root, "shard=000/index.faiss"), b"garbage")
         load_shard(root, 0, Expectations())
 
 
