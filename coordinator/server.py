@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from cbir.rpc.auth import BearerTokenInterceptor
 from cbir.rpc.security import server_credentials
@@ -92,8 +92,13 @@ class CoordinatorServer:
         if self.config.metrics_port is not None:
             self.metrics.serve(self.config.metrics_port)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._refresh_loop()), loop.create_task(self._probe_loop()),
-                       loop.create_task(self._version_loop())]
+        self._tasks = [
+            loop.create_task(_every(self.refresh, self._refresh_period, "topology refresh")),
+            loop.create_task(_every(self.fanout.probe_ejected, self._probe_period,
+                                    "replica probing")),
+            loop.create_task(_every(self.poll_versions, lambda: self.config.version_interval_s,
+                                    "index version polling")),
+        ]
         if self._embedder_factory is not None:
             self._tasks.append(loop.create_task(self._load_embedder(self._embedder_factory)))
         log.info("coordinator listening on %s:%d", self.config.host, self.port)
@@ -142,15 +147,10 @@ class CoordinatorServer:
             self.ready.set()
             log.info("coordinator ready: %s", self.state.info)
 
-    async def _refresh_loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("topology refresh failed")
-            fast = not self.ready.is_set()
-            interval = self.config.resolve_interval_s
-            await asyncio.sleep(min(interval, 0.2) if fast else interval)
+    def _refresh_period(self) -> float:
+        # Poll fast until ready, so start-up does not wait a whole resolve interval.
+        interval = self.config.resolve_interval_s
+        return interval if self.ready.is_set() else min(interval, 0.2)
 
     async def poll_versions(self) -> None:
         """Refresh which versions the live replicas hold; publish the pinned one."""
@@ -163,22 +163,8 @@ class CoordinatorServer:
                 self.metrics.version_info.labels(pinned).set(1)
             self._pinned = pinned
 
-    async def _version_loop(self) -> None:
-        while True:
-            try:
-                await self.poll_versions()
-            except Exception:
-                log.exception("index version polling failed")
-            await asyncio.sleep(self.config.version_interval_s)
-
-    async def _probe_loop(self) -> None:
-        period = max(self.config.balancer.reprobe_interval_s / 2, 0.05)
-        while True:
-            try:
-                await self.fanout.probe_ejected()
-            except Exception:
-                log.exception("replica probing failed")
-            await asyncio.sleep(period)
+    def _probe_period(self) -> float:
+        return max(self.config.balancer.reprobe_interval_s / 2, 0.05)
 
     async def _load_embedder(self, factory: EmbedderFactory) -> None:
         try:
@@ -191,6 +177,17 @@ class CoordinatorServer:
         log.info("query embedder %s (dim %d, version %s) loaded",
                  embedder.name, embedder.dim, embedder.version)
         await self._update_health()
+
+
+async def _every(work: Callable[[], Awaitable[None]], period: Callable[[], float],
+                 what: str) -> None:
+    """Run ``work`` forever, ``period()`` seconds apart; a failed round is logged, not fatal."""
+    while True:
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed", what)
+        await asyncio.sleep(period())
 
 
 async def serve(config: CoordinatorConfig) -> None:
