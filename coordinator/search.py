@@ -136,11 +136,10 @@ class DistributedSearch:
             k=shard_k, params=params, request_id=request_id,
         )
         if pinned is not None:
-            replies = await self._pinned(request, pinned, deadline)
+            rows = await self._pinned(request, pinned, deadline)
             version = pinned
         else:
-            replies, version = await self._by_majority(request, deadline)
-        rows = {s: (a, 0) for s, a in replies.items()}
+            rows, version = await self._by_majority(request, deadline)
         return self._answer(rows, k, exclude_id, version, request_id)
 
     def _answer(self, answers: dict[int, Row], k: int, exclude_id: int | None, version: str,
@@ -175,11 +174,7 @@ class DistributedSearch:
                 if future.done() and not future.cancelled():
                     future.exception()  # mark retrieved: no "never retrieved" noise
                 future.cancel()
-        answers = {s: r for s, r in enumerate(rows) if r is not None}
-        for shard in [s for s, (a, _) in answers.items() if a.index_version != version]:
-            log.error("shard %d answered version %s to a query pinned to %s; left out",
-                      shard, answers.pop(shard)[0].index_version, version)
-        return answers
+        return in_version({s: r for s, r in enumerate(rows) if r is not None}, version)
 
     async def close(self) -> None:
         for batcher in self.batchers or ():
@@ -187,27 +182,23 @@ class DistributedSearch:
 
     async def _pinned(
         self, request: cbir_pb2.ShardSearchRequest, version: str, deadline: float
-    ) -> dict[int, cbir_pb2.ShardSearchResponse]:
+    ) -> dict[int, Row]:
         """Every shard asked for ``version``, first on the replicas known to hold it."""
         request.index_version = version
         answers = await self._fan_out(request, range(self.num_shards), deadline,
                                       PINNED_RETRYABLE, version)
-        wrong = [s for s, a in answers.items() if a.index_version != version]
-        for shard in wrong:  # a replica that ignored the pin: never merge another version
-            log.error("shard %d answered version %s to a query pinned to %s; left out",
-                      shard, answers.pop(shard).index_version, version)
-        return answers
+        return in_version(answers, version)
 
     async def _by_majority(
         self, request: cbir_pb2.ShardSearchRequest, deadline: float
-    ) -> tuple[dict[int, cbir_pb2.ShardSearchResponse], str]:
+    ) -> tuple[dict[int, Row], str]:
         """Before any replica has reported its versions: ask unpinned, keep the majority
         version and ask the other shards again pinned to it."""
         answers = await self._fan_out(request, range(self.num_shards), deadline, RETRYABLE)
         if not answers:
             return answers, ""
-        version = majority([a.index_version for a in answers.values()])
-        stragglers = [s for s, a in answers.items() if a.index_version != version]
+        version = majority([a.index_version for a, _ in answers.values()])
+        stragglers = [s for s, (a, _) in answers.items() if a.index_version != version]
         if stragglers:
             log.info("shards %s answered another index version than %s; asking again",
                      stragglers, version)
@@ -217,12 +208,7 @@ class DistributedSearch:
             pinned.CopyFrom(request)
             pinned.index_version = version
             again = await self._fan_out(pinned, stragglers, deadline, PINNED_RETRYABLE, version)
-            for shard, answer in again.items():  # one that ignored the pin: never merged
-                if answer.index_version == version:
-                    answers[shard] = answer
-                else:
-                    log.error("shard %d answered version %s to a query pinned to %s; left out",
-                              shard, answer.index_version, version)
+            answers.update(in_version(again, version))
         return answers, version
 
     async def _fan_out(
@@ -232,8 +218,10 @@ class DistributedSearch:
         deadline: float,
         retry_codes: frozenset[grpc.StatusCode],
         version: str | None = None,
-    ) -> dict[int, cbir_pb2.ShardSearchResponse]:
-        async def one(shard: int) -> cbir_pb2.ShardSearchResponse | None:
+    ) -> dict[int, Row]:
+        """Each shard's answer as a Row (row 0: one query per request)."""
+
+        async def one(shard: int) -> Row | None:
             def call(
                 stub: cbir_pb2_grpc.ShardStub, timeout: float
             ) -> Awaitable[cbir_pb2.ShardSearchResponse]:
@@ -241,7 +229,7 @@ class DistributedSearch:
 
             prefer = self.fanout.holders(shard, version) if version else None
             try:
-                return await self.fanout.call(shard, call, deadline, retry_codes, prefer)
+                return await self.fanout.call(shard, call, deadline, retry_codes, prefer), 0
             except ShardCallFailed as exc:
                 log.warning("left out of request %s: %s", request.request_id, exc)
                 self.fanout.metrics.shard_failures.labels(str(shard)).inc()
@@ -265,6 +253,19 @@ class DistributedSearch:
             if parsed is not None:
                 hits[shard] = parsed
         return hits, metric
+
+
+def in_version(answers: dict[int, Row], version: str) -> dict[int, Row]:
+    """The answers in ``version``: one from a replica that ignored the pin is logged and left
+    out, so an answer never mixes index versions."""
+    kept: dict[int, Row] = {}
+    for shard, row in answers.items():
+        if row[0].index_version == version:
+            kept[shard] = row
+        else:
+            log.error("shard %d answered version %s to a query pinned to %s; left out",
+                      shard, row[0].index_version, version)
+    return kept
 
 
 def parse_hits(shard: int, reply: cbir_pb2.ShardSearchResponse, row: int = 0
