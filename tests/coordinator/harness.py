@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import dns.rrset
 import grpc
 import numpy as np
 
+from cbir.client import SearchResult
 from cbir.errors import BadImage
 from cbir.rpc.serving import Serving
 from coordinator.config import BalancerConfig, CoordinatorConfig
@@ -66,6 +68,20 @@ def split(data: ShardData, num_shards: int) -> list[ShardData]:
         out.append(ShardData(data.ids[mask], data.vectors[mask],
                              [k for k, m in zip(data.keys, mask, strict=True) if m]))
     return out
+
+
+def ids(result: SearchResult) -> list[int]:
+    return [h.image_id for h in result.hits]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``predicate`` until true (True) or ``timeout_s`` passes (False)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def flat_top_k(data: ShardData, query: np.ndarray, k: int, metric: str = "ip") -> list[int]:

@@ -7,21 +7,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cbir.client import CoordinatorClient, SearchResult
-from tests.coordinator.harness import LoopThread, flat_top_k, start_cluster
-
-
-def ids(result: SearchResult) -> list[int]:
-    return [h.image_id for h in result.hits]
+from cbir.client import CoordinatorClient
+from tests.coordinator.harness import LoopThread, flat_top_k, ids, start_cluster, wait_for
 
 
 def wait_pinned(cluster_search: object, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cluster_search.fanout.pinned_version() is not None:  # type: ignore[attr-defined]
-            return
-        time.sleep(0.05)
-    raise AssertionError("no index version pinned")
+    fanout = cluster_search.fanout  # type: ignore[attr-defined]
+    if not wait_for(lambda: fanout.pinned_version() is not None, timeout_s):
+        raise AssertionError("no index version pinned")
 
 
 def test_concurrent_queries_share_shard_calls_and_get_exact_answers(

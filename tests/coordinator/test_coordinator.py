@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,21 +16,10 @@ from tests.coordinator.harness import (
     FakeEmbedder,
     LoopThread,
     flat_top_k,
+    ids,
     start_cluster,
+    wait_for,
 )
-
-
-def ids(result: SearchResult) -> list[int]:
-    return [h.image_id for h in result.hits]
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_vector_search_equals_one_flat_index(cluster: Cluster) -> None:

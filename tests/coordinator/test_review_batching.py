@@ -10,8 +10,8 @@ import grpc
 
 from cbir.client import CoordinatorClient
 from protos import cbir_pb2, cbir_pb2_grpc
-from tests.coordinator.harness import LoopThread, flat_top_k, start_cluster
-from tests.coordinator.test_batching import ids, wait_pinned
+from tests.coordinator.harness import LoopThread, flat_top_k, ids, start_cluster
+from tests.coordinator.test_batching import wait_pinned
 
 
 def test_cancelled_query_does_not_hold_the_batch_slot(loop_thread: LoopThread) -> None:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -37,6 +36,7 @@ from tests.coordinator.harness import (
     make_dataset,
     split,
     start_cluster,
+    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,9 +120,9 @@ def test_dns_discovery_follows_scaling(loop_thread: LoopThread) -> None:
         with CoordinatorClient(f"127.0.0.1:{server.port}") as client:
             assert client.info().live_replicas == {0: 1, 1: 1}
             dns.records["shard-0.cbir.test"] = ["127.0.0.2", "127.0.0.3"]  # scale up
-            assert _eventually(lambda: client.info().live_replicas == {0: 2, 1: 1})
+            assert wait_for(lambda: client.info().live_replicas == {0: 2, 1: 1}, 5)
             dns.records["shard-0.cbir.test"] = ["127.0.0.3"]  # the first pod goes away
-            assert _eventually(lambda: client.info().live_replicas == {0: 1, 1: 1})
+            assert wait_for(lambda: client.info().live_replicas == {0: 1, 1: 1}, 5)
             loop_thread.run(replicas["127.0.0.2"].stop(0))
             for i in range(10):
                 result = client.search_vector(data.vectors[i], k=5)
@@ -134,15 +134,6 @@ def test_dns_discovery_follows_scaling(loop_thread: LoopThread) -> None:
         for r in replicas.values():
             loop_thread.run(r.stop(0))
         dns.close()
-
-
-def _eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_cli_flags_build_the_config(tmp_path: Path) -> None:
@@ -183,7 +174,7 @@ def test_serve_coordinator_process_answers_and_drains_on_sigterm(
     )
     address = f"127.0.0.1:{port}"
     try:
-        assert _eventually(lambda: _serving(address), 30), "coordinator never became SERVING"
+        assert wait_for(lambda: _serving(address), 30), "coordinator never became SERVING"
         with CoordinatorClient(address) as client:
             result = client.search_vector(data.vectors[0], k=4)
         assert [h.image_id for h in result.hits] == flat_top_k(data, data.vectors[0], 4)
