@@ -2,8 +2,8 @@
 
 The ``shard`` column in the Parquet may come from a different shard count, so rows are always
 re-assigned with ``image_id % N`` (``cbir.ids.shards_of``). Arrow has no modulo kernel to push
-down, so each reader streams the id column of every batch and decodes only its own rows'
-vectors and keys.
+down, so each reader streams every batch of the run (ids, keys and embeddings are all decoded)
+and copies out only its own rows.
 """
 
 from __future__ import annotations
