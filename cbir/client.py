@@ -14,7 +14,8 @@ raised as ``cbir.errors`` types carrying the server's message (``InvalidArgument
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,15 @@ def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
     )
 
 
+@contextlib.contextmanager
+def _cbir_errors(address: str) -> Iterator[None]:
+    """gRPC errors (sync or aio) as the cbir error their status stands for."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc, address) from None
+
+
 class CoordinatorClient:
     """Synchronous client; thread-safe (one gRPC channel)."""
 
@@ -157,17 +167,13 @@ class CoordinatorClient:
         return self._search(request, timeout_s)
 
     def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
-        try:
+        with _cbir_errors(self.address):
             reply = self._stub.Info(cbir_pb2.InfoRequest(), timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
         return _info(reply)
 
     def _search(self, request: cbir_pb2.SearchRequest, timeout_s: float | None) -> SearchResult:
-        try:
+        with _cbir_errors(self.address):
             reply = self._stub.Search(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
         return _result(reply)
 
     def close(self) -> None:
@@ -215,20 +221,16 @@ class AsyncCoordinatorClient:
         return await self._search(request, timeout_s)
 
     async def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
-        try:
+        with _cbir_errors(self.address):
             reply = await self._stub.Info(cbir_pb2.InfoRequest(),
                                           timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
         return _info(reply)
 
     async def _search(
         self, request: cbir_pb2.SearchRequest, timeout_s: float | None
     ) -> SearchResult:
-        try:
+        with _cbir_errors(self.address):
             reply = await self._stub.Search(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
         return _result(reply)
 
     async def close(self) -> None:
