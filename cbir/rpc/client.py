@@ -36,18 +36,13 @@ def error_from_rpc(exc: grpc.RpcError, address: str) -> errors.CbirError:
     return exc_type(f"{details} [{code.name}]")
 
 
-def client_channel_options(limits: Limits) -> list[tuple[str, int]]:
-    return channel_options(limits)
-
-
 def sync_channel(
     address: str, limits: Limits, security: ClientSecurity | None = None
 ) -> grpc.Channel:
-    options = client_channel_options(limits)
-    return client_sync_channel(address, security or ClientSecurity(), options)
+    return client_sync_channel(address, security or ClientSecurity(), channel_options(limits))
 
 
 def aio_channel(
     address: str, limits: Limits, security: ClientSecurity | None = None
 ) -> grpc.aio.Channel:
-    return client_channel(address, security or ClientSecurity(), client_channel_options(limits))
+    return client_channel(address, security or ClientSecurity(), channel_options(limits))
