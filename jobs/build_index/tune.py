@@ -55,7 +55,7 @@ def candidates(index: Any) -> list[int]:
     name = param_name(index)
     if name == NPROBE:
         lists = nlist(index)
-        out = [1 << i for i in range(lists.bit_length()) if (1 << i) <= lists]
+        out = [1 << i for i in range(lists.bit_length())]  # powers of two <= nlist
         return out if out and out[-1] == lists else [*out, lists]
     if name == EF_SEARCH:
         return list(EF_CANDIDATES)
