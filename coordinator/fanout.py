@@ -116,7 +116,10 @@ class Fanout:
                 # would grow the label sets with every pod that ever existed.
                 with contextlib.suppress(KeyError):
                     self.metrics.ejections.remove(str(shard), address)
-            self.metrics.live_replicas.labels(str(shard)).set(len(balancer.live()))
+            self._publish_live(shard)
+
+    def _publish_live(self, shard: int) -> None:
+        self.metrics.live_replicas.labels(str(shard)).set(len(self.balancers[shard].live()))
 
     def _open(self, shard: int, address: str) -> Replica:
         options = [*channel_options(self.config.limits), *RECONNECT_OPTIONS]
@@ -203,9 +206,6 @@ class Fanout:
     def live_counts(self) -> dict[int, int]:
         return {s: len(b.live()) for s, b in self.balancers.items()}
 
-    def known_counts(self) -> dict[int, int]:
-        return {s: len(b.replicas) for s, b in self.balancers.items()}
-
     async def close(self) -> None:
         for task in list(self._shadows):
             task.cancel()
@@ -269,7 +269,7 @@ class Fanout:
                 log.warning("shard %d: ejecting replica %s after %s", shard, address,
                             exc.code().name)
                 self.metrics.ejections.labels(str(shard), address).inc()
-                self.metrics.live_replicas.labels(str(shard)).set(len(balancer.live()))
+                self._publish_live(shard)
             raise
         else:
             balancer.succeeded(address, time.monotonic() - start, self.config.hedge_quantile)
@@ -305,9 +305,7 @@ class Fanout:
             return
         if reply.status == health_pb2.HealthCheckResponse.SERVING:
             self.balancers[shard].restore(address)
-            self.metrics.live_replicas.labels(str(shard)).set(
-                len(self.balancers[shard].live())
-            )
+            self._publish_live(shard)
             log.info("shard %d: replica %s back in rotation", shard, address)
 
 
