@@ -29,6 +29,13 @@ def _config(emb: str, out: str, shards: int, factory: str | None = None,
                        **kw)  # type: ignore[arg-type]
 
 
+def _built(config: BuildConfig) -> IndexManifest:
+    """A whole build (no --shard-only): it must end with the top-level manifest."""
+    top = build_index(config)
+    assert top is not None
+    return top
+
+
 def _shard_files(root: str, shard: int) -> tuple[ShardManifest, bytes, list[int], list[str]]:
     m = read_manifest(index_layout.shard_file(root, shard, "manifest.json"), ShardManifest)
     data = storage.read_bytes(index_layout.shard_file(root, shard, index_layout.INDEX_FILE))
@@ -51,7 +58,7 @@ def test_flat_build_layout_manifests_and_reassigned_shards(
 ) -> None:
     emb, keys, _ = small_run
     out = str(tmp_path / "ix")
-    top = build_index(_config(emb, out, 3))  # source shard column says 7 shards: ignored
+    top = _built(_config(emb, out, 3))  # source shard column says 7 shards: ignored
     assert top.factory == "IDMap2,Flat" and top.count == 600 and top.num_shards == 3
     assert top.recall_at_10 == 1.0 and top.search_params == {}
     assert top.model_version == fx.MODEL_VERSION and top.index_version.startswith("ix-")
@@ -68,7 +75,7 @@ def test_flat_build_layout_manifests_and_reassigned_shards(
         assert index.ntotal == m.count
         seen.update(zip(ids, shard_keys, strict=True))
     assert seen == {v: k for k, v in want.items()}
-    again = build_index(_config(emb, str(tmp_path / "ix2"), 3))
+    again = _built(_config(emb, str(tmp_path / "ix2"), 3))
     assert again.index_version == top.index_version  # stable hash of the inputs
 
 
@@ -95,7 +102,7 @@ def test_exact_duplicates_are_dropped(tmp_path: Path) -> None:
     dup = fx.table([*keys, *keys[:10]], np.concatenate([vectors, vectors[:10]]))
     emb = str(tmp_path / "emb")
     fx.write_run(emb, dup, parts=4)  # the duplicates land in other parts
-    top = build_index(_config(emb, str(tmp_path / "ix"), 2))
+    top = _built(_config(emb, str(tmp_path / "ix"), 2))
     assert top.count == 30
 
 
@@ -111,8 +118,8 @@ def test_s3_build_equals_local_build(bucket: str, tmp_path: Path,
     local_emb, keys, vectors = small_run
     s3_emb = f"s3://{bucket}/embeddings/run1"
     fx.write_run(s3_emb, fx.table(keys, vectors))
-    s3_top = build_index(_config(s3_emb, f"s3://{bucket}/indexes/v1", 2))
-    local_top = build_index(_config(local_emb, str(tmp_path / "ix"), 2))
+    s3_top = _built(_config(s3_emb, f"s3://{bucket}/indexes/v1", 2))
+    local_top = _built(_config(local_emb, str(tmp_path / "ix"), 2))
     assert s3_top.count == local_top.count == 600
     for s in range(2):
         s3_files = _shard_files(f"s3://{bucket}/indexes/v1", s)
@@ -145,7 +152,7 @@ def test_ivf_tuned_to_target_recall_on_real_vectors(tmp_path: Path) -> None:
     n, shards = 20_000, 2
     emb, out = str(tmp_path / "emb"), str(tmp_path / "ix")
     fx.write_run(emb, fx.table(fx.keys_for(n), fx.glove(n)), parts=4)
-    top = build_index(_config(emb, out, shards, "IVF128,SQ8", tune_queries=300))
+    top = _built(_config(emb, out, shards, "IVF128,SQ8", tune_queries=300))
     assert top.recall_at_10 is not None and top.recall_at_10 >= 0.95
     assert 1 <= top.search_params["nprobe"] < 128  # tuning chose a real trade-off
     # Independent check on queries the index has never seen, through the server's searcher.
@@ -182,7 +189,7 @@ def test_sharded_search_equals_one_flat_index(tmp_path: Path, k: int) -> None:
     vectors = fx.random_vectors(n, dim, seed=7)
     emb, out = str(tmp_path / "emb"), str(tmp_path / "ix")
     fx.write_run(emb, fx.table(keys, vectors))
-    build_index(_config(emb, out, shards))
+    _built(_config(emb, out, shards))
     queries = fx.random_vectors(16, dim, seed=8)  # < 20 queries: the same kernel everywhere
     flat = faiss.IndexFlatIP(dim)
     flat.add(vectors)
