@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from cbir.errors import NotFound, Unavailable
+from cbir.ids import shard_of
 from coordinator.batching import Row, ShardBatcher
 from coordinator.fanout import RETRYABLE, Fanout, ShardCallFailed
 from coordinator.merge import MergedHit, ShardHits, merge_top_k
@@ -98,7 +99,7 @@ class DistributedSearch:
         return {s: a for s, a in enumerate(answers) if a is not None}
 
     async def vector_of(self, image_id: int, deadline: float, request_id: str) -> np.ndarray:
-        shard = image_id % self.num_shards
+        shard = shard_of(image_id, self.num_shards)  # the data contract, not a copy of it
         request = cbir_pb2.GetVectorsRequest(image_ids=[image_id], request_id=request_id)
         try:
             reply = await self.fanout.call(
