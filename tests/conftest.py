@@ -4,13 +4,16 @@ session for the whole run, and the bundled photos."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from cbir.processes import free_port
+
+__all__ = ["free_port"]  # tests import it from here
 
 # Isolate the tests from any real AWS account before boto3 is imported anywhere.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -66,12 +69,6 @@ def photos() -> list[object]:
     from cbir.photos import bundled_photos
 
     return list(bundled_photos())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
