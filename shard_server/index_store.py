@@ -58,8 +58,7 @@ class LoadedIndex:
     _key_data: memoryview = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        keys = self.keys.cast(pa.large_string()) if self.keys.null_count else self.keys
-        keys = keys.fill_null("") if keys.null_count else keys
+        keys = self.keys.fill_null("") if self.keys.null_count else self.keys
         buffers = keys.buffers()
         width = np.int64 if pa.types.is_large_string(keys.type) else np.int32
         offsets = (np.frombuffer(buffers[1], dtype=width)[keys.offset : keys.offset + len(keys) + 1]

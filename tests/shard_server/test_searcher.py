@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from cbir.limits import Limits
 from shard_server.batcher import BatchConfig
-from shard_server.index_store import Expectations, load_shard
+from shard_server.index_store import Expectations, LoadedIndex, load_shard
 from shard_server.searcher import (
     SearcherConfig,
     ShardSearcher,
@@ -65,6 +66,14 @@ def test_keys_of_maps_ids_and_blanks_no_result(flat_index: BuiltIndex) -> None:
     rows = flat_index.shard_rows(0)[:3]
     ids = np.array([flat_index.ids[rows[0]], -1, 12345, flat_index.ids[rows[2]]])
     assert loaded.keys_of(ids) == [flat_index.keys[rows[0]], "", "", flat_index.keys[rows[2]]]
+
+
+def test_keys_of_reads_null_and_sliced_key_columns() -> None:
+    ids = np.array([1, 2, 3])
+    for keys in (pa.array(["a", None, "ccc"]), pa.array(["x", "a", None, "ccc"])[1:],
+                 pa.array(["a", None, "ccc"], pa.large_string())):
+        loaded = LoadedIndex(None, None, "", ids, keys, 0)  # type: ignore[arg-type]  # ids+keys only
+        assert loaded.keys_of(np.array([3, 1, 2, -1, 9])) == ["ccc", "a", "", "", ""]
 
 
 def test_k_larger_than_the_shard_pads_with_no_result(flat_index: BuiltIndex) -> None:
