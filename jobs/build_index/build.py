@@ -33,8 +33,6 @@ from jobs.build_index import reader, select, tune
 
 log = logging.getLogger(__name__)
 
-GIB = 1024**3
-
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -44,7 +42,7 @@ class BuildConfig:
     factory: str | None = None  # None: choose automatically (select.choose_index)
     engine: str = "sequential"  # "sequential" | "spark"
     master: str | None = None  # Spark master; None = local[*]
-    memory_budget_bytes: int = 8 * GIB
+    memory_budget_bytes: int = 8 * select.GIB
     target_recall: float = 0.95
     train_size: int = 200_000  # vectors sampled for training (IVF centroids, PQ codebooks)
     tune_queries: int = 500

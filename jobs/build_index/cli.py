@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from jobs.build_index.build import GIB, BuildConfig, build_index
+from jobs.build_index.build import BuildConfig, build_index
+from jobs.build_index.select import GIB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
