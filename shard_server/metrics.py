@@ -59,7 +59,7 @@ class ShardMetrics:
     def load_failed(self, source: str) -> None:
         self.loads.labels(source, "refused").inc()
 
-    def index_loaded(self, loaded: LoadedIndex, source: str = "rpc") -> None:
+    def index_loaded(self, loaded: LoadedIndex, source: str) -> None:
         self.loads.labels(source, "ok").inc()
         self.vectors.set(loaded.manifest.count)
         self.memory.set(loaded.memory_bytes)

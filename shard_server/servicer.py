@@ -130,7 +130,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
         except Exception:
             self.metrics.load_failed("rpc")
             raise
-        self.metrics.index_loaded(new)
+        self.metrics.index_loaded(new, "rpc")
         return cbir_pb2.LoadIndexResponse(
             swapped=True,
             index_version=new.version,
