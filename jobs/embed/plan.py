@@ -101,21 +101,23 @@ def scan_output(output: str) -> ExistingOutput:
     """Read the key column of every committed part and error part (in parallel)."""
     found = ExistingOutput()
     try:
-        names = [n for n in storage.list_names(output) if n.endswith(PART_SUFFIX)]
+        names = list(storage.list_names(output))
     except (BotoCoreError, ClientError) as exc:
         raise reader.translate(exc, f"output {output}") from exc
-    parts = [n for n in names if "/" not in n and n.startswith(PART_PREFIX)]
-    errors = [n for n in names if n.startswith(f"{schema.ERRORS_DIR}/{PART_PREFIX}")]
+    parquet = [n for n in names if n.endswith(PART_SUFFIX)]
+    parts = [n for n in parquet if "/" not in n and n.startswith(PART_PREFIX)]
+    errors = [n for n in parquet if n.startswith(f"{schema.ERRORS_DIR}/{PART_PREFIX}")]
     with ThreadPoolExecutor(8) as pool:
         loaded = list(pool.map(lambda n: _read_keys(storage.join(output, n)), parts + errors))
-    for name, (keys, version) in zip(parts + errors, loaded, strict=True):
-        (found.parts if name in parts else found.error_parts)[name] = len(keys)
+    for i, (name, (keys, version)) in enumerate(zip(parts + errors, loaded, strict=True)):
+        is_part = i < len(parts)  # index, not `name in parts`: that is quadratic in parts
+        (found.parts if is_part else found.error_parts)[name] = len(keys)
         found.done_keys.update(keys)
-        if name in parts and version is not None:
+        if is_part and version is not None:
             found.model_versions.add(version.decode())
-    manifest_uri = storage.join(output, schema.EMBED_MANIFEST)
-    if storage.exists(manifest_uri):
-        found.manifest = schema.read_manifest(manifest_uri, schema.EmbedManifest)
+    if schema.EMBED_MANIFEST in names:  # the listing already says so: no HEAD request
+        found.manifest = schema.read_manifest(storage.join(output, schema.EMBED_MANIFEST),
+                                              schema.EmbedManifest)
         found.model_versions.add(found.manifest.model_version)
     return found
 

@@ -10,7 +10,7 @@ import pytest
 
 from cbir import ids, schema, storage
 from cbir.embedding import load_embedder
-from cbir.errors import ModelMismatch
+from cbir.errors import FailedPrecondition, ModelMismatch
 from jobs.embed.job import run_backfill
 from jobs.embed.plan import scan_output
 from jobs.embed.runner import run_task
@@ -115,6 +115,9 @@ def test_changed_model_on_existing_output_is_refused(image_bucket: ImageBucket,
     b = image_bucket.bucket
     config = config_for(f"s3://{b}/photos", str(tmp_path))
     run_backfill(config, engine="sequential", show_progress=False)
+    with pytest.raises(FailedPrecondition, match="written with --num-shards 3, not 5"):
+        run_backfill(dataclasses.replace(config, num_shards=5), engine="sequential",
+                     show_progress=False)
     other = dataclasses.replace(config, model_version="0123456789abcdef")
     with pytest.raises(ModelMismatch, match="model version"):
         run_backfill(other, engine="sequential", show_progress=False)
