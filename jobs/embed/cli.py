@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from cbir.embedding import DEFAULT_MODEL
 from jobs.embed.config import DEFAULT_IO_THREADS, DEFAULT_OBJECTS_PER_TASK
 from jobs.embed.distribute import ENGINES
 
@@ -13,7 +14,7 @@ from jobs.embed.distribute import ENGINES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="s3://BUCKET[/PREFIX] of images")
     parser.add_argument("--output", required=True, help="output directory or s3:// URI")
-    parser.add_argument("--model", default="efficientnet_lite0",
+    parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="efficientnet_lite0 (default, 1280-d) | resnet50 (2048-d)")
     parser.add_argument("--weights", default=None,
                         help="model weights (state_dict): local path or s3:// URI")

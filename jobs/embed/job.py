@@ -11,10 +11,16 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from cbir import schema, storage
-from cbir.embedding import describe_model
+from cbir.embedding import DEFAULT_MODEL, describe_model
 from cbir.errors import InvalidArgument
 from jobs.embed import plan
-from jobs.embed.config import BackfillConfig, EmbedTask, TaskResult
+from jobs.embed.config import (
+    DEFAULT_IO_THREADS,
+    DEFAULT_OBJECTS_PER_TASK,
+    BackfillConfig,
+    EmbedTask,
+    TaskResult,
+)
 from jobs.embed.distribute import Engine, run_tasks
 
 log = logging.getLogger(__name__)
@@ -26,13 +32,13 @@ class JobOptions:
 
     input: str
     output: str
-    model: str = "efficientnet_lite0"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     device: str | None = None
     batch_size: int | None = None
     num_shards: int = 1
-    objects_per_task: int = 256
-    io_threads: int = 8
+    objects_per_task: int = DEFAULT_OBJECTS_PER_TASK
+    io_threads: int = DEFAULT_IO_THREADS
     engine: Engine = "spark"
     master: str | None = None
 
