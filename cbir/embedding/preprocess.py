@@ -48,11 +48,17 @@ class Prepared:
     size: tuple[int, int]  # (width, height) of the full image, after EXIF orientation
 
 
-def _open(data: bytes, limits: Limits) -> Image.Image:
-    if not data:
+def check_size(nbytes: int, limits: Limits) -> None:
+    """Raises ``BadImage`` for a byte count no accepted image has; the backfill applies it to
+    a listing's sizes so such objects are recorded without a GET."""
+    if nbytes == 0:
         raise BadImage("empty", "zero bytes")
-    if len(data) > limits.max_image_bytes:
-        raise BadImage("too_large", f"{len(data)} bytes > limit {limits.max_image_bytes}")
+    if nbytes > limits.max_image_bytes:
+        raise BadImage("too_large", f"{nbytes} bytes > limit {limits.max_image_bytes}")
+
+
+def _open(data: bytes, limits: Limits) -> Image.Image:
+    check_size(len(data), limits)
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning would only be noise.

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from cbir.embedding import Embedder, load_embedder, set_torch_threads
-from cbir.embedding.preprocess import Prepared
+from cbir.embedding.preprocess import Prepared, check_size
 from cbir.errors import BadImage, ModelMismatch
 from cbir.limits import Limits
 from jobs.embed import reader
@@ -55,12 +55,10 @@ def embedder_for(
 
 
 def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits) -> Outcome:
-    # The listing already tells us about empty and oversized objects: no GET needed.
-    if ref.size == 0:
-        return Outcome(ref, BadImage("empty", "zero bytes"), 0)
-    if ref.size > limits.max_image_bytes:
-        detail = f"{ref.size} bytes > limit {limits.max_image_bytes}"
-        return Outcome(ref, BadImage("too_large", detail), ref.size)
+    try:
+        check_size(ref.size, limits)  # the listing's size: no GET for an empty/oversized object
+    except BadImage as exc:
+        return Outcome(ref, exc, ref.size)
     try:
         data, retries = reader.fetch(bucket, ref.key)
     except reader.MissingObject:
