@@ -89,7 +89,7 @@ def translate(exc: Exception, what: str) -> CbirError:
     if isinstance(exc, EndpointConnectionError):
         return Unavailable(f"{what}: cannot reach the S3 endpoint ({exc})")
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = _client_error_code(exc)
         if code in _MISSING_BUCKET:
             return NotFound(f"{what}: bucket does not exist")
         if code in _AUTH_CODES:
