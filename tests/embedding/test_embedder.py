@@ -3,6 +3,8 @@ raised; odd modes and EXIF rotation embedded as the picture they show."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -99,7 +101,7 @@ def test_large_jpeg_reduced_decoding_stays_faithful(embedder: Embedder, photos: 
     big = Image.fromarray(photos[0].pixels).resize((1920, 1080), Image.Resampling.BICUBIC)
     data = odd.save(big, "JPEG", quality=90)
     drafted = _vec(embedder, data)  # the shared path decodes at 1/4 size in the DCT domain
-    full = embedder.embed_images([Image.open(__import__("io").BytesIO(data))])[0]
+    full = embedder.embed_images([Image.open(io.BytesIO(data))])[0]
     assert float(drafted @ full) > 0.97
     assert embedder.embed_bytes([data]).sizes == [(1920, 1080)]
 

@@ -71,21 +71,20 @@ def test_resnet50_from_weights_path(tmp_path: Path, photos: list) -> None:
 
 def test_wrong_weights_for_model_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "lite.pth"
-    default = resolve_weights(describe_model_spec(), None)
+    default = resolve_weights(_lite0_spec(), None)
     path.write_bytes(default.read_bytes())
     with pytest.raises(InvalidArgument, match="do not fit resnet50"):
         load_embedder("resnet50", weights=str(path), device="cpu")
 
 
-def describe_model_spec() -> ModelSpec:
-
+def _lite0_spec() -> ModelSpec:
     return model_spec("efficientnet_lite0")
 
 
 def test_weights_from_s3_and_version_tracks_weight_bytes(bucket: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CBIR_WEIGHTS_CACHE", str(tmp_path / "cache"))
-    default = resolve_weights(describe_model_spec(), None)
+    default = resolve_weights(_lite0_spec(), None)
     storage.write_bytes(f"s3://{bucket}/models/lite0.pth", default.read_bytes())
     same = describe_model("efficientnet_lite0", f"s3://{bucket}/models/lite0.pth")
     assert same.version == describe_model("efficientnet_lite0").version  # same bytes
@@ -99,7 +98,7 @@ def test_weights_from_s3_and_version_tracks_weight_bytes(bucket: str, tmp_path: 
 def test_batchnorm_folding_keeps_the_function() -> None:
     from cbir.embedding.efficientnet_lite import efficientnet_lite0
 
-    state = torch.load(resolve_weights(describe_model_spec(), None), map_location="cpu",
+    state = torch.load(resolve_weights(_lite0_spec(), None), map_location="cpu",
                        weights_only=True)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
