@@ -201,6 +201,9 @@ class LoadReport:
     partial: int = 0
     wrong: int = 0
     by_version: Counter[str] = field(default_factory=Counter)
+    # (monotonic send time, index version) of every answer, to count a phase by the
+    # queries SENT in it: one sent just before a switch may rightly answer in the old one.
+    sent_versions: list[tuple[float, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -236,6 +239,10 @@ class QueryLoad:
             t.join(30)
         return self.report
 
+    def versions_sent_since(self, t: float) -> Counter[str]:
+        with self._lock:
+            return Counter(v for sent, v in self.report.sent_versions if sent >= t)
+
     def wait_for(self, queries: int, timeout_s: float = 120.0) -> None:
         end = time.monotonic() + timeout_s
         while self.report.queries < queries and time.monotonic() < end:
@@ -253,6 +260,7 @@ class QueryLoad:
     def _one(self, stub: cbir_pb2_grpc.CoordinatorStub, row: int) -> None:
         request = cbir_pb2.SearchRequest(
             vector=cbir_pb2.FloatVector(values=self.pool[row].tolist()), k=K)
+        sent = time.monotonic()
         try:
             reply = stub.Search(request, timeout=self.deadline_s)
         except grpc.RpcError as exc:
@@ -262,10 +270,11 @@ class QueryLoad:
         expected = self.expected.get(reply.index_version)
         wrong = expected is None or got != expected[row]
         self._record(version=reply.index_version, partial=reply.partial, wrong=wrong,
-                     detail=f"row {row} version {reply.index_version} partial={reply.partial}")
+                     detail=f"row {row} version {reply.index_version} partial={reply.partial}",
+                     sent=sent)
 
     def _record(self, failed: str = "", version: str = "", partial: bool = False,
-                wrong: bool = False, detail: str = "") -> None:
+                wrong: bool = False, detail: str = "", sent: float = 0.0) -> None:
         with self._lock:
             r = self.report
             r.queries += 1
@@ -274,6 +283,7 @@ class QueryLoad:
                 r.errors.append(failed)
                 return
             r.by_version[version] += 1
+            r.sent_versions.append((sent, version))
             r.partial += partial
             r.wrong += wrong
             if (partial or wrong) and len(r.errors) < 20:

@@ -46,10 +46,11 @@ def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) ->
 
 
 def answered_during(load: QueryLoad, queries: int) -> Counter[str]:
-    """Versions of the answers given while ``queries`` more queries ran."""
-    before = Counter(load.report.by_version)
+    """Versions of the answers to the queries sent from now on, once ``queries`` more answered
+    (a query sent before now may still answer in the version it was pinned to: not counted)."""
+    start = time.monotonic()
     load.wait_for(load.report.queries + queries)
-    return Counter(load.report.by_version) - before
+    return load.versions_sent_since(start)
 
 
 def corrupt(version: Version, shard: int) -> None:
