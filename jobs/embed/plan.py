@@ -51,7 +51,7 @@ def list_objects(input_uri: str, exclude_prefix: str | None = None) -> Iterator[
     job's own output (when it lives inside the input) left out."""
     loc = storage.parse_s3(input_uri)
     prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
-    paginator = reader.client().get_paginator("list_objects_v2")
+    paginator = storage.s3_client().get_paginator("list_objects_v2")
     try:
         for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):

@@ -10,7 +10,6 @@ never retried: the caller records them with a reason."""
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from typing import Any
 
 from botocore.exceptions import (
@@ -71,17 +70,6 @@ class _StreamCut(Exception):
     """The body stream broke after a 2xx response: only a fresh GET can recover it."""
 
 
-def client() -> Any:
-    """One boto3 client per process and endpoint (thread-safe; executors reuse it across
-    tasks; a changed ``AWS_ENDPOINT_URL`` gets its own)."""
-    return _client_for(storage.endpoint_url())
-
-
-@lru_cache(maxsize=4)
-def _client_for(endpoint: str | None) -> Any:
-    return storage.s3_client()
-
-
 def translate(exc: Exception, what: str) -> CbirError:
     """A boto3/botocore error -> the typed cbir error a user can act on."""
     if isinstance(exc, NoCredentialsError):
@@ -116,7 +104,7 @@ def _botocore_retries(meta: dict[str, Any]) -> int:
 def _get_once(bucket: str, key: str, retries: list[int]) -> bytes:
     """One GetObject (botocore retries the request itself) + reading its body; botocore's
     retries are added to ``retries[0]`` even when the body then breaks."""
-    resp = client().get_object(Bucket=bucket, Key=key)
+    resp = storage.s3_client().get_object(Bucket=bucket, Key=key)
     retries[0] += _botocore_retries(resp)
     body = resp["Body"]
     try:
