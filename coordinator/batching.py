@@ -71,7 +71,7 @@ class ShardBatcher:
         future: asyncio.Future[Row] = loop.create_future()
         key = (k, params.SerializeToString(), version)
         self._queues.setdefault(key, []).append(_Member(vector, deadline, request_id, future))
-        timer = loop.call_later(max(self.fanout.remaining_s(deadline), 0.0), _expire, future,
+        timer = loop.call_later(max(self.fanout.attempt_budget_s(deadline), 0.0), _expire, future,
                                 self.shard)
         future.add_done_callback(lambda _: timer.cancel())
         self._dispatch()

@@ -217,7 +217,7 @@ class Fanout:
 
     # ------------------------------------------------------------- calls
 
-    def remaining_s(self, deadline: float) -> float:
+    def attempt_budget_s(self, deadline: float) -> float:
         return deadline - time.monotonic() - self.config.deadline_margin_s
 
     async def call(
@@ -242,7 +242,7 @@ class Fanout:
         """Send a copy of this call to a replica whose latency estimate is stale; nobody waits
         for it, its latency (or failure) just updates the balancer."""
         address = self.balancers[shard].shadow_candidate(exclude=tried, among=prefer)
-        if address is None or self.remaining_s(deadline) <= 0:
+        if address is None or self.attempt_budget_s(deadline) <= 0:
             return
         task = asyncio.ensure_future(self.attempt(shard, address, fn, deadline))
         self._shadows.add(task)
@@ -263,7 +263,7 @@ class Fanout:
         gauge.inc()
         start = time.monotonic()
         try:
-            result = await fn(replica.stub, max(self.remaining_s(deadline), 0.001))
+            result = await fn(replica.stub, max(self.attempt_budget_s(deadline), 0.001))
         except grpc.aio.AioRpcError as exc:
             if exc.code() in EJECTING and balancer.failed(address):
                 log.warning("shard %d: ejecting replica %s after %s", shard, address,
@@ -335,7 +335,7 @@ class _Attempts(Generic[T]):
         self.last_code: grpc.StatusCode | None = None
 
     def launch(self) -> bool:
-        if self.fanout.remaining_s(self.deadline) <= 0:
+        if self.fanout.attempt_budget_s(self.deadline) <= 0:
             self.last_reason = f"deadline exceeded ({self.last_reason})"
             self.last_code = Code.DEADLINE_EXCEEDED
             return False
@@ -359,14 +359,14 @@ class _Attempts(Generic[T]):
         if not self.launch():
             raise ShardCallFailed(self.shard, self.last_reason, self.last_code)
         while self.pending:
-            wait_s = max(self.fanout.remaining_s(self.deadline), 0.0)
+            wait_s = max(self.fanout.attempt_budget_s(self.deadline), 0.0)
             hedge_now = hedge_s is not None and not self.hedged and len(self.pending) == 1
             done, _ = await asyncio.wait(
                 self.pending, timeout=min(wait_s, hedge_s) if hedge_now and hedge_s else wait_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if not done:
-                if hedge_now and self.fanout.remaining_s(self.deadline) > 0:
+                if hedge_now and self.fanout.attempt_budget_s(self.deadline) > 0:
                     self.hedged = True
                     if self.launch():
                         metrics.hedges.labels(str(self.shard)).inc()

@@ -65,5 +65,7 @@ class CoordinatorMetrics:
             registry=r,
         )
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+    def serve(self, port: int, host: str) -> None:
+        """Listen on the gRPC server's own host: a coordinator bound to 127.0.0.1 must not
+        publish its metrics on every interface."""
         start_http_server(port, addr=host, registry=self.registry)

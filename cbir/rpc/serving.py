@@ -1,4 +1,12 @@
-"""Building a grpc.aio server with health, reflection, limits and graceful drain."""
+"""Building a grpc.aio server with health, reflection, limits and graceful drain.
+
+Per-connection limits (why each): ``max_concurrent_streams`` bounds how many requests one
+connection can have in memory at once (each up to its method's byte budget, see
+``cbir.rpc.guard``); idle connections are closed so a client that opens many and walks away does
+not hold them; ``max_connection_age`` makes long-lived clients reconnect now and then, which lets
+a Service spread them over new replicas, with a grace longer than the longest deadline so no call
+is cut short.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.rpc.guard import RequestGuard, request_byte_limits
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +36,35 @@ def channel_options(limits: Limits = DEFAULT_LIMITS) -> list[tuple[str, int]]:
     ]
 
 
-def server_options(limits: Limits = DEFAULT_LIMITS) -> list[tuple[str, int]]:
+MAX_CONCURRENT_STREAMS = 100  # per connection
+MAX_CONNECTION_IDLE_MS = 5 * 60_000
+MAX_CONNECTION_AGE_MS = 30 * 60_000
+
+
+def server_options(
+    limits: Limits = DEFAULT_LIMITS, receive_bytes: int | None = None
+) -> list[tuple[str, int]]:
+    """``receive_bytes``: the transport's receive limit (default: limits.max_message_bytes)."""
+    receive = limits.max_message_bytes if receive_bytes is None else receive_bytes
+    grace_ms = int(limits.max_deadline_s * 1000) + 5_000  # the longest call still finishes
+    options = [o for o in channel_options(limits) if o[0] != "grpc.max_receive_message_length"]
     return [
-        *channel_options(limits),
+        *options,
+        ("grpc.max_receive_message_length", receive),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", grace_ms),
     ]
+
+
+def receive_limit(service_names: Iterable[str], byte_limits: dict[str, int]) -> int:
+    """The largest request any method of these services accepts (at least a small one)."""
+    prefixes = tuple(f"/{name}/" for name in service_names)
+    own = [n for method, n in byte_limits.items() if method.startswith(prefixes)]
+    return max([*own, 64 * 1024])
 
 
 class Serving:
@@ -44,12 +76,16 @@ class Serving:
         limits: Limits = DEFAULT_LIMITS,
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     ) -> None:
+        self.service_names = list(service_names)
+        byte_limits = request_byte_limits(limits)
+        self.receive_bytes = receive_limit(self.service_names, byte_limits)
+        guard = RequestGuard(byte_limits, default_bytes=self.receive_bytes)
         self.server = grpc.aio.server(
-            options=server_options(limits), interceptors=list(interceptors)
+            options=server_options(limits, self.receive_bytes),
+            interceptors=[*interceptors, guard],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.service_names = list(service_names)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
