@@ -91,7 +91,11 @@ def _behaviour(method: str, inner: Behaviour) -> Behaviour:
             # One line, no traceback: a flood of garbage must not flood the log with stacks.
             log.warning("refused %s: %s", method, request.message)
             await context.abort(request.code, request.message)
-        return await inner(request, context)
+        # Handed over without this frame keeping it: if the call is aborted, the abort's
+        # reference cycle (see cbir.rpc.status) must not hold a large request.
+        box = [request]
+        del request
+        return await inner(box.pop(), context)
 
     return behave
 
