@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=CoordinatorConfig.batch_in_flight_per_replica,
                         help="batched shard calls in flight per live replica; queries that "
                              "queue meanwhile share the next call (0 = one call per query)")
+    parser.add_argument("--embed-max-queued", type=int, metavar="N",
+                        default=CoordinatorConfig.embed_max_queued,
+                        help="image queries that may wait for the embedder; more are refused "
+                             "with RESOURCE_EXHAUSTED")
     parser.add_argument("--deadline-ms", type=float, metavar="MS",
                         default=DEFAULT_LIMITS.default_deadline_s * 1000,
                         help="deadline of requests that set none")
@@ -109,6 +113,7 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
         hedge_after_ms=args.hedge_after_ms,
         adaptive_hedge=not args.no_adaptive_hedge,
         batch_in_flight_per_replica=args.batch_in_flight,
+        embed_max_queued=args.embed_max_queued,
         drain_grace_s=args.drain_grace,
         metrics_port=args.metrics_port,
         version_interval_s=args.version_interval,

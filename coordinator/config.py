@@ -52,6 +52,10 @@ class CoordinatorConfig:
     # replica are in flight per shard; what queues meanwhile goes in the next one. 0 = off.
     batch_in_flight_per_replica: int = 1
     max_batch: int = 64
+    # Bounded queues (RESOURCE_EXHAUSTED beyond): queries waiting for a shard call slot, per
+    # shard; image queries waiting for the embedder (each holds up to max_image_bytes).
+    shard_max_queued: int = 1024
+    embed_max_queued: int = 32
     # Kept back from the caller's deadline so the merged answer leaves before it expires.
     deadline_margin_s: float = 0.02
     probe_timeout_s: float = 1.0

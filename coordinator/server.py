@@ -176,7 +176,8 @@ class CoordinatorServer:
             log.exception("loading the query embedder failed")
             self.state.embedder_error = f"{type(exc).__name__}: {exc}"
             return
-        self.state.embedder = EmbeddingRunner(embedder)
+        self.state.embedder = EmbeddingRunner(embedder,
+                                              max_queued=self.config.embed_max_queued)
         log.info("query embedder %s (dim %d, version %s) loaded",
                  embedder.name, embedder.dim, embedder.version)
         await self._update_health()
