@@ -141,12 +141,7 @@ class MicroBatcher(Generic[Item, Result]):
     async def _call(self, batch: list[_Entry[Item, Result]]) -> None:
         sent = asyncio.ensure_future(self._run_batch([e.item for e in batch]))
         if self._withdraw:
-            def withdraw(_: object) -> None:
-                if not sent.done() and all(e.future.done() for e in batch):
-                    sent.cancel()  # nobody waits: free the slot for the queries that do
-
-            for entry in batch:
-                entry.future.add_done_callback(withdraw)
+            _withdraw_when_abandoned(batch, sent)
         try:
             results = await sent
         except asyncio.CancelledError:
@@ -157,6 +152,10 @@ class MicroBatcher(Generic[Item, Result]):
         except Exception as exc:  # every caller of the batch gets it
             _settle(batch, exc)
             return
+        self._deliver(batch, results)
+
+    def _deliver(self, batch: list[_Entry[Item, Result]],
+                 results: Sequence[Result | BaseException]) -> None:
         if len(results) != len(batch):
             _settle(batch, RuntimeError(
                 f"{self.name}: {len(results)} results for {len(batch)} items"))
@@ -179,6 +178,16 @@ class MicroBatcher(Generic[Item, Result]):
             _settle(list(group), self._cancelled_error())
         self._groups.clear()
         self.queued = 0
+
+
+def _withdraw_when_abandoned(batch: Sequence[_Entry[Item, Result]],
+                             sent: asyncio.Future[Sequence[Result | BaseException]]) -> None:
+    def withdraw(_: object) -> None:
+        if not sent.done() and all(e.future.done() for e in batch):
+            sent.cancel()  # nobody waits: free the slot for the queries that do
+
+    for entry in batch:
+        entry.future.add_done_callback(withdraw)
 
 
 def _cancelling() -> bool:
