@@ -104,8 +104,11 @@ def option(default: Any = MISSING, *, help: str, **spec: Any) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
-def nested(factory: Callable[[], Any]) -> Any:
-    """A config field holding another config whose options are generated too."""
+def nested(factory: Callable[[], Any] | None = None) -> Any:
+    """A config field holding another config whose options are generated too (no
+    ``factory``: the field has no default and is always built from the options)."""
+    if factory is None:
+        return dataclasses.field(metadata={NESTED: True})
     return dataclasses.field(default_factory=factory, metadata={NESTED: True})
 
 
@@ -199,7 +202,7 @@ def _env_default(parser: argparse.ArgumentParser, opt: Option,
 
 
 def _add_one(target: Any, opt: Option, default: Any, from_env: bool) -> None:
-    extra = f" [env {opt.env}]"
+    extra = f" (env {opt.env})"
     if opt.kind is bool:
         target.add_argument(opt.flag, dest=opt.dest, action=_Store, nargs=0, const=True,
                             default=bool(default), help=opt.spec.help + extra)

@@ -112,6 +112,6 @@ def test_bad_environment_values_exit_2(env: dict[str, str], message: str,
 
 def test_help_shows_defaults_and_env_names() -> None:
     text = " ".join(parser_for().format_help().split())
-    assert "0 = any free port [env CBIR_PORT] (default: 50051)" in text
-    assert "extra wait [env CBIR_WINDOW_MS] (default: 2.0)" in text
-    assert "more output [env CBIR_DEBUG]" in text and "(default: False)" not in text
+    assert "0 = any free port (env CBIR_PORT) (default: 50051)" in text
+    assert "extra wait (env CBIR_WINDOW_MS) (default: 2.0)" in text
+    assert "more output (env CBIR_DEBUG)" in text and "(default: False)" not in text
