@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import cbir
 from cbir.errors import CbirError
@@ -45,9 +46,17 @@ def _configure_logging(verbose: int) -> None:
 VERBOSE_HELP = "-v info, -vv debug"
 
 
+class CliParser(argparse.ArgumentParser):
+    """A usage mistake is one line (argparse would print the whole usage block first); subparsers
+    inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cbir", description=__doc__.splitlines()[0],
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = CliParser(prog="cbir", description=__doc__.splitlines()[0],
+                       formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cbir {cbir.__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,6 +74,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC core prints INFO lines (e.g. every failed TLS handshake) on stderr; the CLI's own
+    # one-line error says what happened. Read when grpc is first imported, i.e. below.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)

@@ -124,12 +124,13 @@ def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
 
 
 @contextlib.contextmanager
-def _cbir_errors(address: str) -> Iterator[None]:
+def _cbir_errors(address: str, security: ClientSecurity | None) -> Iterator[None]:
     """gRPC errors (sync or aio) as the cbir error their status stands for."""
     try:
         yield
     except grpc.RpcError as exc:
-        raise error_from_rpc(exc, address) from None
+        secure = security is not None and security.tls is not None
+        raise error_from_rpc(exc, address, secure) from None
 
 
 class CoordinatorClient:
@@ -144,6 +145,7 @@ class CoordinatorClient:
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.security = security
         self._channel = sync_channel(address, limits, security)
         self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
 
@@ -167,12 +169,12 @@ class CoordinatorClient:
         return self._search(request, timeout_s)
 
     def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = self._stub.Info(cbir_pb2.InfoRequest(), timeout=timeout_s or self.timeout_s)
         return _info(reply)
 
     def _search(self, request: cbir_pb2.SearchRequest, timeout_s: float | None) -> SearchResult:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = self._stub.Search(request, timeout=timeout_s or self.timeout_s)
         return _result(reply)
 
@@ -198,6 +200,7 @@ class AsyncCoordinatorClient:
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.security = security
         self._channel = aio_channel(address, limits, security)
         self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
 
@@ -221,7 +224,7 @@ class AsyncCoordinatorClient:
         return await self._search(request, timeout_s)
 
     async def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = await self._stub.Info(cbir_pb2.InfoRequest(),
                                           timeout=timeout_s or self.timeout_s)
         return _info(reply)
@@ -229,7 +232,7 @@ class AsyncCoordinatorClient:
     async def _search(
         self, request: cbir_pb2.SearchRequest, timeout_s: float | None
     ) -> SearchResult:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = await self._stub.Search(request, timeout=timeout_s or self.timeout_s)
         return _result(reply)
 
