@@ -194,5 +194,7 @@ async def serve(config: CoordinatorConfig) -> None:
     server = CoordinatorServer(
         config, topology_source(config), default_embedder_factory(config)
     )
-    await server.start()
+    port = await server.start()
+    # The CLI's contract, like the shard's: scripts and tests started with --port 0 read it.
+    print(f"listening on {config.host}:{port}", flush=True)
     await server.run_until_signal()
