@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,10 @@ class CoordinatorInfo:
     metric: str
     index_version: str
     live_replicas: dict[int, int]
+    replicas: dict[int, int] = field(default_factory=dict)  # known, in rotation or ejected
+    shard_counts: dict[int, int] = field(default_factory=dict)
+    shard_index_versions: dict[int, str] = field(default_factory=dict)
+    requests_served: int = 0
 
 
 def _image_bytes(image: bytes | str | Path) -> bytes:
@@ -120,6 +124,9 @@ def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
         num_shards=reply.num_shards, dim=reply.dim, model=reply.model,
         model_version=reply.model_version, metric=reply.metric,
         index_version=reply.index_version, live_replicas=dict(reply.live_replicas),
+        replicas=dict(reply.replicas), shard_counts=dict(reply.shard_counts),
+        shard_index_versions=dict(reply.shard_index_versions),
+        requests_served=reply.requests_served,
     )
 
 
