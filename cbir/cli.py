@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-coordinator": ("coordinator.cli", "fan queries out to every shard and merge top-K"),
     "index-pointer": ("shard_server.pointer_cli", "read or atomically flip an index pointer"),
     "query": ("cbir.query_cli", "query a coordinator by image file or image id"),
+    "info": ("cbir.info_cli", "describe an embeddings run, an index, a pointer or a live cluster"),
 }
 
 
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CbirError as exc:
         print(f"cbir {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `cbir info ... | head`: the reader left; not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"cbir {args.command}: interrupted", file=sys.stderr)
         return 130
