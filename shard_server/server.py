@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cbir.errors import CbirError
+from cbir.options import nested, option
 from cbir.rpc.auth import BearerTokenInterceptor
 from cbir.rpc.security import ServerSecurity, server_credentials
 from cbir.rpc.serving import Serving
@@ -38,16 +39,23 @@ SERVICE_NAME = cbir_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
 
 @dataclass(frozen=True)
 class ServerConfig:
-    index_uri: str  # "" when index_pointer names it
-    searcher: SearcherConfig
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_port: int = 0  # 0 = no metrics endpoint
-    drain_s: float = 5.0
+    # "" when index_pointer names it.
+    index_uri: str = option(flag="--index", mutex="where", required=True,
+                            help="index root (path or s3://) holding shard=NNN/")
+    searcher: SearcherConfig = nested()
+    host: str = option("127.0.0.1", help="address to listen on")
+    port: int = option(50051, non_negative=True, help="0 = any free port")
+    metrics_port: int = option(0, non_negative=True, help="Prometheus port; 0 = off")
+    drain_s: float = option(5.0, flag="--drain-seconds", non_negative=True,
+                            help="on SIGTERM, how long in-flight calls may finish")
     security: ServerSecurity = field(default_factory=ServerSecurity)
     # A small object whose content is the index URI to serve; polled, a change = LoadIndex.
-    index_pointer: str | None = None
-    pointer_interval_s: float = 10.0
+    index_pointer: str | None = option(
+        None, mutex="where", required=True, metavar="URI",
+        help="object whose content is the index root to serve (e.g. s3://b/indexes/CURRENT); "
+             "watched: a change loads the new version")
+    pointer_interval_s: float = option(10.0, flag="--pointer-interval", positive=True,
+                                       metavar="S", help="seconds between reads of --index-pointer")
 
 
 class ShardServer:

@@ -11,10 +11,17 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 
+from cbir.options import option
 from cbir.rpc.auth import RedactingFilter
 
 LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    log_format: str = option("text", choices=LOG_FORMATS, help="json = one JSON object per line")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 

@@ -65,6 +65,8 @@ def ivf_index(tmp_path_factory: pytest.TempPathFactory) -> BuiltIndex:
 
 def config(root: str, shard: int = 0, limits: Limits = DEFAULT_LIMITS,
            expect: Expectations | None = None, **kw: object) -> ServerConfig:
+    # The served default keeps a swapped-out version 120 s; these tests check the swap itself.
+    kw.setdefault("keep_previous_s", 0.0)
     return ServerConfig(index_uri=root, port=0, drain_s=0.0,
                         searcher=SearcherConfig(shard=shard, expect=expect or Expectations(),
                                                 limits=limits, **kw))  # type: ignore[arg-type]
