@@ -1,4 +1,4 @@
-"""The layering in DESIGN.md, enforced: cbir/ never imports the jobs or servers, and imports
+"""The layering in docs/architecture.md, enforced: cbir/ never imports the jobs or servers, and imports
 grpc/pyspark only in cbir/rpc/, cbir/client.py and cbir/cli.py; the shard server never needs
 torch or pyspark."""
 
