@@ -1,6 +1,6 @@
-"""The layering in docs/architecture.md, enforced: cbir/ never imports the jobs or servers, and imports
-grpc/pyspark only in cbir/rpc/, cbir/client.py and cbir/cli.py; the shard server never needs
-torch or pyspark."""
+"""The layering in docs/architecture.md, enforced: cbir/ never imports the jobs or servers, and
+imports grpc/pyspark only in cbir/rpc/, cbir/client.py and cbir/cli.py; the shard server never
+needs torch or pyspark."""
 
 from __future__ import annotations
 
