@@ -21,7 +21,7 @@ from cbir.options import DefaultsHelpFormatter
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("cbir.demo", "run the whole system locally on bundled photos and query it"),
+    "demo": ("demo.run", "run the whole system locally on bundled photos and query it"),
     "backfill": ("jobs.embed.cli", "embed every image of an S3 bucket into Parquet (Spark)"),
     "build-index": ("jobs.build_index.cli", "build one Faiss index per shard from embeddings"),
     "serve-shard": ("shard_server.cli", "serve one shard's index over gRPC"),
