@@ -16,7 +16,7 @@ import pytest
 from cbir import storage
 from cbir.cli import main
 from cbir.client import CoordinatorClient
-from cbir.photos import bundled_photos
+from demo.photos import bundled_photos
 from tests.coordinator.harness import Cluster, LoopThread, start_cluster
 from tests.embedding import odd_images as odd
 
