@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cbir.cli import main
-from cbir.processes import free_port
 from cbir.rpc.security import ServerSecurity, TlsConfig
+from demo.processes import free_port
 from tests.client.test_query_cli import ROOT
 from tests.coordinator.harness import Cluster, LoopThread, start_cluster
 from tests.rpc.pki import Pki, make_pki
