@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="OpenMP threads per Faiss call (0 = Faiss's default, one per core)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                         help="json = one JSON object per line")
+    parser.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                        help="also serve on 127.0.0.1:PORT, where admin RPCs (LoadIndex) need "
+                             "no token (0 = any free port; default: no admin port)")
+    parser.add_argument("--allowed-index-root", action="append", default=[], metavar="URI",
+                        help="LoadIndex / pointer targets must lie under this root (repeatable; "
+                             "default: the parent of --index or of --index-pointer)")
     add_security_arguments(parser, server=True)
 
 
@@ -59,6 +65,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise InvalidArgument("--faiss-threads must be >= 0")
     if args.keep_previous_seconds < 0:
         raise InvalidArgument("--keep-previous-seconds must be >= 0")
+    if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
+        raise InvalidArgument("--admin-port must be in 0..65535")
     defaults = {name: value for name, value in ((NPROBE, args.nprobe),
                                                 (EF_SEARCH, args.ef_search)) if value > 0}
     searcher = SearcherConfig(
@@ -76,7 +84,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         port=args.port, metrics_port=args.metrics_port,
                         drain_s=args.drain_seconds, security=server_security_from_args(args),
                         index_pointer=args.index_pointer,
-                        pointer_interval_s=args.pointer_interval)
+                        pointer_interval_s=args.pointer_interval,
+                        admin_port=args.admin_port,
+                        allowed_index_roots=tuple(args.allowed_index_root))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,9 +22,11 @@ from typing import Any, TypeVar
 
 from cbir.errors import CbirError
 from cbir.rpc.auth import BearerTokenInterceptor
+from cbir.rpc.logs import safe_text
 from cbir.rpc.security import ServerSecurity, server_credentials
 from cbir.rpc.serving import Serving
 from protos import cbir_pb2, cbir_pb2_grpc
+from shard_server.admin import IndexPolicy
 from shard_server.metrics import ShardMetrics
 from shard_server.pointer import PointerWatch, read_pointer
 from shard_server.searcher import SearcherConfig, ShardSearcher
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SERVICE_NAME = cbir_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
+# The admin port never leaves the pod / machine: reaching it is the admin credential.
+ADMIN_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class ServerConfig:
     # A small object whose content is the index URI to serve; polled, a change = LoadIndex.
     index_pointer: str | None = None
     pointer_interval_s: float = 10.0
+    # Admin RPCs (LoadIndex) without a token: a second port on 127.0.0.1 only (None = none,
+    # 0 = any free port). Index URIs must lie under these roots (empty: the parent of the
+    # index or of the pointer).
+    admin_port: int | None = None
+    allowed_index_roots: tuple[str, ...] = ()
 
 
 class ShardServer:
@@ -55,16 +64,29 @@ class ShardServer:
         self.config = config
         self.metrics = ShardMetrics()
         self.searcher = ShardSearcher(config.searcher)
-        auth = config.security.auth
-        interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
-        self.serving = Serving([SERVICE_NAME], limits=config.searcher.limits,
-                               interceptors=interceptors)
-        cbir_pb2_grpc.add_ShardServicer_to_server(
-            ShardServicer(self.searcher, self.metrics), self.serving.server
-        )
+        self.policy = IndexPolicy.build(config.allowed_index_roots, config.index_uri,
+                                        config.index_pointer)
+        self.pointer_target = ""  # what the pointer named at its last read
+        servicer = ShardServicer(self.searcher, self.metrics, self.policy,
+                                 lambda: self.pointer_target)
+        self.serving = self._serving(servicer, trusted=False)
+        self.admin = self._serving(servicer, trusted=True) if config.admin_port is not None \
+            else None
         self.watch = PointerWatch(retry_failed_s=max(60.0, 6 * config.pointer_interval_s))
         self._watcher: asyncio.Task[None] | None = None
         self.port = 0
+        self.admin_port = 0
+
+    def _serving(self, servicer: ShardServicer, trusted: bool) -> Serving:
+        """A gRPC server for ``servicer``: the interceptor always runs, so admin methods are
+        refused on the public port when no tokens are configured (secure by default)."""
+        security = self.config.security
+        guard = BearerTokenInterceptor(security.auth, trusted=trusted,
+                                       limit=security.failure_limit)
+        serving = Serving([SERVICE_NAME], limits=self.config.searcher.limits,
+                          interceptors=[guard])
+        cbir_pb2_grpc.add_ShardServicer_to_server(servicer, serving.server)
+        return serving
 
     async def start(self, load: bool = True) -> int:
         """Bind and start (NOT_SERVING), then load the index unless told not to."""
@@ -74,11 +96,18 @@ class ShardServer:
         creds = server_credentials(tls) if tls is not None else None
         self.port = self.serving.bind(self.config.host, self.config.port, creds)
         await self.serving.start()
+        if self.admin is not None:
+            assert self.config.admin_port is not None
+            # Plaintext on loopback: the traffic never leaves the host (kubectl port-forward
+            # tunnels it over the API server's TLS).
+            self.admin_port = self.admin.bind(ADMIN_HOST, self.config.admin_port)
+            await self.admin.start()
+            log.info("admin port listening on %s:%d", ADMIN_HOST, self.admin_port)
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)
-        log.info("shard %d listening on %s:%d (tls=%s, tokens=%s)", self.config.searcher.shard,
-                 self.config.host, self.port, tls is not None,
-                 self.config.security.auth is not None)
+        log.info("shard %d listening on %s:%d (tls=%s, tokens=%s, index roots=%s)",
+                 self.config.searcher.shard, self.config.host, self.port, tls is not None,
+                 self.config.security.auth is not None, ", ".join(self.policy.allowed_roots))
         if load:
             await self.load()
         return self.port
@@ -88,16 +117,30 @@ class ShardServer:
         target = self.config.index_uri
         if self.config.index_pointer is not None:
             target = await asyncio.to_thread(read_pointer, self.config.index_pointer)
+            self._pointer_read(target)
         try:
-            new, _ = await self.searcher.load(target)
+            new, _ = await self.searcher.load(self.policy.check(target))
         except Exception:
             self.metrics.load_failed("start")
             raise
         self.metrics.index_loaded(new, "start")
         self.watch.loaded(target)
-        await self.serving.set_serving(True)
+        self._pointer_read(self.pointer_target)
+        await self.set_serving(True)
         if self.config.index_pointer is not None and self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_pointer())
+
+    async def set_serving(self, serving: bool) -> None:
+        await self.serving.set_serving(serving)
+        if self.admin is not None:
+            await self.admin.set_serving(serving)
+
+    def _pointer_read(self, target: str) -> None:
+        if self.config.index_pointer is None:
+            return
+        self.pointer_target = target
+        serving = self.searcher.store.current().uri if self.searcher.store.loaded else ""
+        self.metrics.pointer_read(target, serving)
 
     async def _watch_pointer(self) -> None:
         assert self.config.index_pointer is not None
@@ -110,31 +153,36 @@ class ShardServer:
         try:
             target = await asyncio.to_thread(read_pointer, pointer)
         except CbirError as exc:
-            log.warning("index pointer %s unreadable: %s", pointer, exc)
+            log.warning("index pointer %s unreadable: %s", pointer, safe_text(str(exc)))
             self.metrics.pointer_errors.inc()
             return
         except Exception:
             log.exception("index pointer %s unreadable", pointer)
             self.metrics.pointer_errors.inc()
             return
+        self._pointer_read(target)
         if not self.watch.wants(target):
             return
-        log.info("index pointer %s -> %s: loading", pointer, target)
+        log.info("index pointer %s -> %s: loading", pointer, safe_text(target))
         try:
-            new, _ = await self.searcher.load(target)
+            new, _ = await self.searcher.load(self.policy.check(target))
         except Exception as exc:
             self.watch.failed(target)
             self.metrics.load_failed("pointer")
-            log.error("index %s (from pointer %s) refused, still serving %s: %s", target, pointer,
-                      self.searcher.store.current().version, exc)
+            log.error("index %s (from pointer %s) refused, still serving %s: %s",
+                      safe_text(target), pointer,
+                      safe_text(self.searcher.store.current().version), safe_text(str(exc)))
             return
         self.watch.loaded(target)
         self.metrics.index_loaded(new, "pointer")
+        self._pointer_read(target)
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        await self.serving.drain_and_stop(self.config.drain_s if grace_s is None else grace_s)
+        grace = self.config.drain_s if grace_s is None else grace_s
+        servers = [self.serving, *([self.admin] if self.admin is not None else [])]
+        await asyncio.gather(*(s.drain_and_stop(grace) for s in servers))
         await self.searcher.close()
         self.metrics.close()
 
@@ -147,6 +195,8 @@ async def serve(config: ServerConfig, announce: bool = True) -> None:
     port = await server.start(load=False)
     if announce:
         print(f"listening on {config.host}:{port}", flush=True)
+        if server.admin is not None:
+            print(f"admin listening on {ADMIN_HOST}:{server.admin_port}", flush=True)
     try:
         await server.load()
     except BaseException:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +25,15 @@ from typing import Any
 import grpc
 
 from cbir import errors
+from cbir.rpc.handlers import checked_handler, refusing_handler
+from cbir.rpc.ratelimit import DEFAULT_FAILURE_LIMIT, FailureLimit, FailureLimiter, RefusalLog
 
 log = logging.getLogger(__name__)
 
 SEARCH = "search"
+WRITE = "write"
 ADMIN = "admin"
-KNOWN_ROLES = frozenset({SEARCH, ADMIN})
+KNOWN_ROLES = frozenset({SEARCH, WRITE, ADMIN})
 MIN_TOKEN_CHARS = 16
 
 HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
@@ -38,8 +42,13 @@ REFLECTION_METHODS = (
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 )
 DEFAULT_EXEMPT_METHODS = (*HEALTH_METHODS, *REFLECTION_METHODS)
-# Methods needing more than the default "search" role; everything else needs "search".
-DEFAULT_METHOD_ROLES = (("/cbir.v1.Shard/LoadIndex", ADMIN),)
+# Methods needing more than the default "search" role; everything else needs "search". The
+# write methods are the live index's (Upsert/Delete); listed before they exist so that they are
+# never served unguarded, whichever lands first.
+ADMIN_METHODS = ("/cbir.v1.Shard/LoadIndex",)
+WRITE_METHODS = ("/cbir.v1.Coordinator/Upsert", "/cbir.v1.Coordinator/Delete")
+DEFAULT_METHOD_ROLES = (*((m, ADMIN) for m in ADMIN_METHODS),
+                        *((m, WRITE) for m in WRITE_METHODS))
 
 SENSITIVE_METADATA = frozenset({"authorization", "cookie", "x-api-key", "proxy-authorization"})
 REDACTED = "<redacted>"
@@ -195,13 +204,34 @@ def _allowed(grant: TokenGrant, role: str) -> bool:
     return role in grant.roles or ADMIN in grant.roles
 
 
+def no_token_refusal(method: str, role: str) -> tuple[grpc.StatusCode, str]:
+    return grpc.StatusCode.PERMISSION_DENIED, (
+        f"{method} needs the {role!r} role and this server has no bearer tokens: call it on the "
+        "loopback admin port (--admin-port) or configure --auth-token-file with such a token")
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuse calls without a known bearer token (UNAUTHENTICATED) or whose token lacks the
-    method's role (PERMISSION_DENIED), before the request reaches any servicer."""
+    method's role (PERMISSION_DENIED), before the request reaches any servicer.
 
-    def __init__(self, auth: AuthConfig, exempt_methods: Iterable[str] = DEFAULT_EXEMPT_METHODS):
+    ``auth=None`` (no tokens configured) still guards the privileged methods (role other than
+    ``search``): they are refused unless ``trusted`` (the loopback-only admin port, where
+    reaching the port is the credential). Peers that keep failing authentication are refused
+    with RESOURCE_EXHAUSTED for the rest of the window (``limit``), and refusals are logged
+    once per interval with a count (``cbir.rpc.ratelimit``)."""
+
+    def __init__(self, auth: AuthConfig | None,
+                 exempt_methods: Iterable[str] = DEFAULT_EXEMPT_METHODS, *,
+                 trusted: bool = False, limit: FailureLimit = DEFAULT_FAILURE_LIMIT,
+                 method_roles: Iterable[tuple[str, str]] | None = None) -> None:
         self.auth = auth
         self.exempt_methods = frozenset(exempt_methods)
+        self.trusted = trusted
+        roles = method_roles if method_roles is not None else (
+            auth.method_roles if auth is not None else DEFAULT_METHOD_ROLES)
+        self.method_roles = dict(roles)
+        self.limiter = FailureLimiter(limit)
+        self.refusals = RefusalLog(log, limit.interval_s or 10.0)
 
     async def intercept_service(
         self,
@@ -213,49 +243,56 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method in self.exempt_methods:
             return handler
         refusal = self.refusal(method, handler_call_details.invocation_metadata)
-        if refusal is None:
-            return handler
-        code, message = refusal
-        log.warning("refused %s: %s", method, message)
-        return _aborting_handler(handler, code, message)
+        if refusal is not None:
+            return refusing_handler(handler, self._refuse(method, *refusal))
+        if self.auth is not None and self.limiter.any_blocked():
+            # Someone is locked out: look at this call's peer (only a handler sees it).
+            return checked_handler(handler, lambda context: self._lockout(method, context))
+        return handler
+
+    def required_role(self, method: str) -> str:
+        return self.method_roles.get(method, SEARCH)
 
     def refusal(
         self, method: str, metadata: Sequence[tuple[str, Any]] | None
     ) -> tuple[grpc.StatusCode, str] | None:
         """None when the call may proceed, else the status and a message free of secrets."""
+        role = self.required_role(method)
+        if self.auth is None:
+            return None if role == SEARCH or self.trusted else no_token_refusal(method, role)
         token = parse_bearer(metadata)
         if token is None:
             return grpc.StatusCode.UNAUTHENTICATED, "missing or malformed bearer token"
         grant = self.auth.match(token)
         if grant is None:
             return grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
-        role = self.auth.required_role(method)
         if not _allowed(grant, role):
             return grpc.StatusCode.PERMISSION_DENIED, f"{grant.name} lacks the {role!r} role"
         return None
 
+    def _refuse(self, method: str, code: grpc.StatusCode,
+                message: str) -> Callable[[grpc.aio.ServicerContext], tuple[Any, str]]:
+        def decide(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+            peer = context.peer()
+            if code == grpc.StatusCode.UNAUTHENTICATED:  # a guess: counts towards the lockout
+                lockout = self._lockout(method, context)
+                self.limiter.failed(peer)
+                if lockout is not None:
+                    return lockout
+            self.refusals.refused(method, message, peer)
+            return code, message
 
-def _aborting_handler(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts at once. The request is
-    left raw (no deserializer): an unauthenticated caller's bytes are never parsed."""
+        return decide
 
-    async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
-
-    async def abort_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, message)
-        yield  # pragma: no cover  (makes this an async generator, as streaming responses are)
-
-    serializer = handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort_stream, None, serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, None, serializer)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort_stream, None, serializer)
-    return grpc.unary_unary_rpc_method_handler(abort, None, serializer)
+    def _lockout(self, method: str,
+                 context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        peer = context.peer()
+        wait = self.limiter.blocked_for(peer)
+        if wait <= 0:
+            return None
+        self.refusals.refused(method, "locked out after failed authentications", peer)
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, (
+            f"too many failed authentications from this address; retry in {math.ceil(wait)} s")
 
 
 # ------------------------------------------------------------------ client side
