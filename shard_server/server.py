@@ -67,8 +67,10 @@ class ShardServer:
         self.policy = IndexPolicy.build(config.allowed_index_roots, config.index_uri,
                                         config.index_pointer)
         self.pointer_target = ""  # what the pointer named at its last read
+        self._pointer_error: str | None = None  # the last read failure, logged once
         servicer = ShardServicer(self.searcher, self.metrics, self.policy,
                                  lambda: self.pointer_target)
+        self.guards: list[BearerTokenInterceptor] = []  # (public[, admin]): their auth state
         self.serving = self._serving(servicer, trusted=False)
         self.admin = self._serving(servicer, trusted=True) if config.admin_port is not None \
             else None
@@ -83,6 +85,7 @@ class ShardServer:
         security = self.config.security
         guard = BearerTokenInterceptor(security.auth, trusted=trusted,
                                        limit=security.failure_limit)
+        self.guards.append(guard)
         serving = Serving([SERVICE_NAME], limits=self.config.searcher.limits,
                           interceptors=[guard])
         cbir_pb2_grpc.add_ShardServicer_to_server(servicer, serving.server)
@@ -142,6 +145,14 @@ class ShardServer:
         serving = self.searcher.store.current().uri if self.searcher.store.loaded else ""
         self.metrics.pointer_read(target, serving)
 
+    def _pointer_unreadable(self, pointer: str, reason: str) -> None:
+        """Counted every poll, logged when the reason changes (not 6 lines a minute)."""
+        self.metrics.pointer_errors.inc()
+        level = logging.DEBUG if reason == self._pointer_error else logging.WARNING
+        self._pointer_error = reason
+        log.log(level, "index pointer %s unreadable (still serving %s): %s", pointer,
+                safe_text(self.searcher.store.current().version), reason)
+
     async def _watch_pointer(self) -> None:
         assert self.config.index_pointer is not None
         while True:
@@ -153,13 +164,13 @@ class ShardServer:
         try:
             target = await asyncio.to_thread(read_pointer, pointer)
         except CbirError as exc:
-            log.warning("index pointer %s unreadable: %s", pointer, safe_text(str(exc)))
-            self.metrics.pointer_errors.inc()
+            self._pointer_unreadable(pointer, safe_text(str(exc)))
             return
         except Exception:
             log.exception("index pointer %s unreadable", pointer)
             self.metrics.pointer_errors.inc()
             return
+        self._pointer_error = None
         self._pointer_read(target)
         if not self.watch.wants(target):
             return

@@ -51,7 +51,7 @@ class FailureLimiter:
     def __init__(self, limit: FailureLimit = DEFAULT_FAILURE_LIMIT,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
-        self._clock = clock
+        self.clock = clock  # swappable: tests move time on
         self._windows: dict[str, tuple[float, int]] = {}  # peer -> (window start, failures)
         self._blocked_until = 0.0  # latest end of any block: a cheap "nobody is blocked" test
 
@@ -60,20 +60,20 @@ class FailureLimiter:
         return self.limit.max_failures > 0
 
     def any_blocked(self) -> bool:
-        return self.enabled and self._clock() < self._blocked_until
+        return self.enabled and self.clock() < self._blocked_until
 
     def blocked_for(self, peer: str) -> float:
         """Seconds until ``peer`` may try again (0 = not blocked)."""
         if not self.enabled:
             return 0.0
         start, failures = self._windows.get(peer_address(peer), (0.0, 0))
-        left = start + self.limit.interval_s - self._clock()
+        left = start + self.limit.interval_s - self.clock()
         return left if failures >= self.limit.max_failures and left > 0 else 0.0
 
     def failed(self, peer: str) -> None:
         if not self.enabled:
             return
-        now, address = self._clock(), peer_address(peer)
+        now, address = self.clock(), peer_address(peer)
         start, failures = self._windows.get(address, (now, 0))
         if now - start >= self.limit.interval_s:
             start, failures = now, 0
@@ -97,13 +97,13 @@ class RefusalLog:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.interval_s = interval_s
-        self._clock = clock
+        self.clock = clock
         self._quiet_until = float("-inf")
         self._pending: Counter[tuple[str, str]] = Counter()  # (reason, peer address) -> count
         self._flush_scheduled = False
 
     def refused(self, method: str, reason: str, peer: str) -> None:
-        now = self._clock()
+        now = self.clock()
         address = peer_address(peer)
         if now >= self._quiet_until and not self._pending:
             self._quiet_until = now + self.interval_s
@@ -119,11 +119,11 @@ class RefusalLog:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (unit use): summarise on the next call instead
-            if self._clock() >= self._quiet_until:
+            if self.clock() >= self._quiet_until:
                 self.flush()
             return
         self._flush_scheduled = True
-        loop.call_later(max(self._quiet_until - self._clock(), 0.0), self.flush)
+        loop.call_later(max(self._quiet_until - self.clock(), 0.0), self.flush)
 
     def flush(self) -> None:
         """Log the counted refusals as one line (a no-op when there are none)."""
@@ -137,4 +137,4 @@ class RefusalLog:
         self.logger.warning("refused %d more calls in the last %.0f s: %s%s", total,
                             self.interval_s, parts, f" (+{more} more kinds)" if more > 0 else "")
         self._pending.clear()
-        self._quiet_until = self._clock() + self.interval_s
+        self._quiet_until = self.clock() + self.interval_s
