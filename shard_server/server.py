@@ -117,12 +117,13 @@ class ShardServer:
 
     async def load(self) -> None:
         """The first load: the pointer's target (if watching one) or ``index_uri``."""
-        target = self.config.index_uri
+        target = self.config.index_uri  # the command line's: trusted as given
         if self.config.index_pointer is not None:
             target = await asyncio.to_thread(read_pointer, self.config.index_pointer)
-            self._pointer_read(target)
+            self._pointer_read(self._normalised(target))
+            target = self.policy.check(target)  # storage content: bounded like LoadIndex
         try:
-            new, _ = await self.searcher.load(self.policy.check(target))
+            new, _ = await self.searcher.load(target)
         except Exception:
             self.metrics.load_failed("start")
             raise
@@ -144,6 +145,14 @@ class ShardServer:
         self.pointer_target = target
         serving = self.searcher.store.current().uri if self.searcher.store.loaded else ""
         self.metrics.pointer_read(target, serving)
+
+    def _normalised(self, target: str) -> str:
+        """The pointer's target as loads and Stats spell it (so ``s3://b/v2/`` is not a new
+        target every poll); a refused one as read (its load then says why)."""
+        try:
+            return self.policy.check(target)
+        except CbirError:
+            return target
 
     def _pointer_unreadable(self, pointer: str, reason: str) -> None:
         """Counted every poll, logged when the reason changes (not 6 lines a minute)."""
@@ -171,6 +180,7 @@ class ShardServer:
             self.metrics.pointer_errors.inc()
             return
         self._pointer_error = None
+        target = self._normalised(target)
         self._pointer_read(target)
         if not self.watch.wants(target):
             return

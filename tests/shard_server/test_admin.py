@@ -210,8 +210,11 @@ def test_pointer_is_authoritative_and_drift_is_visible(
         assert _metric(server, "cbir_shard_index_pointer_target_info",
                        {"target": str(broken)}) == 1
 
-        write_pointer(pointer, flat_index_v2.root)
+        write_pointer(pointer, flat_index_v2.root + "/")  # spelled differently: one load
         poll()
+        poll()
+        assert _metric(server, "cbir_shard_index_loads_total",
+                       {"source": "pointer", "result": "ok"}) == 1
         now = stats(admin)
         assert (now.index_version, now.index_uri, now.pointer_target) == (
             flat_index_v2.version, flat_index_v2.root, flat_index_v2.root)
