@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from tests.build_index import fixtures as fx
 from tests.conftest import free_port
 from tests.shard_server.conftest import DIM, BuiltIndex, config, with_admin
 
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "hunter2-db-password-0xC0FFEE"
 ADMIN_TOKEN = "admin-token-9a8b7c6d5e4f3a2b1c"
 WRITE_TOKEN = "write-token-1f2e3d4c5b6a7988"
@@ -261,3 +265,24 @@ def test_search_still_answers_on_the_public_port(
         vectors=flat_index.vectors[rows].astype("<f4").tobytes(), dim=DIM, k=1), timeout=10)
     assert reply.index_version == flat_index.version
     assert stats(public).model_version == fx.MODEL_VERSION
+
+
+def test_operator_load_index_command(flat_index: BuiltIndex, flat_index_v2: BuiltIndex,
+                                     server: ThreadedServer) -> None:
+    """``python -m shard_server.load_index`` (what an operator runs through kubectl exec): a
+    real process against the admin port swaps; against the public port it is refused (exit 1)."""
+    assert server.server is not None
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(port: int, uri: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shard_server.load_index",
+                               f"127.0.0.1:{port}", uri], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    public = run(server.port, flat_index_v2.root)
+    assert public.returncode == 1 and "PERMISSION_DENIED" in public.stderr
+    admin = run(server.server.admin_port, flat_index_v2.root)
+    assert admin.returncode == 0, admin.stderr
+    assert admin.stdout.startswith(f"serving {flat_index_v2.version}")
+    assert server.server.searcher.store.current().version == flat_index_v2.version
+    assert run(server.server.admin_port, "/etc").returncode == 1
