@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cbir.errors import CbirError
-from cbir.rpc.auth import BearerTokenInterceptor
+from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.logs import safe_text
 from cbir.rpc.security import ServerSecurity, server_credentials
 from cbir.rpc.serving import Serving

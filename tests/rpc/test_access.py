@@ -12,7 +12,8 @@ import pytest
 
 from cbir.errors import InvalidArgument
 from cbir.rpc import ratelimit
-from cbir.rpc.auth import ADMIN, SEARCH, WRITE, AuthConfig, BearerTokenInterceptor
+from cbir.rpc.auth import ADMIN, SEARCH, WRITE, AuthConfig
+from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.logs import SafeLogFilter, configure, safe_text
 from cbir.rpc.ratelimit import FailureLimit, FailureLimiter, RefusalLog, peer_address
 from cbir.rpc.serving import Serving
