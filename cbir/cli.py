@@ -14,11 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 
+import cbir
 from cbir.errors import CbirError
+from cbir.options import DefaultsHelpFormatter
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("cbir.demo", "run the whole system locally on bundled photos and query it"),
+    "demo": ("demo.run", "run the whole system locally on bundled photos and query it"),
     "backfill": ("jobs.embed.cli", "embed every image of an S3 bucket into Parquet (Spark)"),
     "build-index": ("jobs.build_index.cli", "build one Faiss index per shard from embeddings"),
     "serve-shard": ("shard_server.cli", "serve one shard's index over gRPC"),
@@ -40,13 +42,22 @@ def _configure_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+VERBOSE_HELP = "-v info, -vv debug"
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cbir", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    parser = argparse.ArgumentParser(prog="cbir", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cbir {cbir.__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = next((a for a in argv if a in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text,
+                            formatter_class=DefaultsHelpFormatter)
+        # -v also after the subcommand; SUPPRESS keeps a -v given before it when none follows.
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help=VERBOSE_HELP)
         # Only the chosen subcommand's module is imported (keeps startup light).
         if name == wanted:
             importlib.import_module(module).add_arguments(sp)

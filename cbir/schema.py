@@ -1,4 +1,4 @@
-"""Data contracts shared by the jobs and the servers (see DESIGN.md).
+"""Data contracts shared by the jobs and the servers (docs/architecture.md, "Data contracts").
 
 Arrow schemas for the embeddings and errors tables, and pydantic models for the manifests so a
 malformed manifest is rejected with a clear message instead of a KeyError deep in a server.

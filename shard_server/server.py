@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cbir.errors import CbirError
+from cbir.options import nested, option
 from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.logs import safe_text
 from cbir.rpc.security import ServerSecurity, server_credentials
@@ -42,21 +43,32 @@ ADMIN_HOST = "127.0.0.1"
 
 @dataclass(frozen=True)
 class ServerConfig:
-    index_uri: str  # "" when index_pointer names it
-    searcher: SearcherConfig
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_port: int = 0  # 0 = no metrics endpoint
-    drain_s: float = 5.0
+    # "" when index_pointer names it.
+    index_uri: str = option(flag="--index", mutex="where", required=True,
+                            help="index root (path or s3://) holding shard=NNN/")
+    searcher: SearcherConfig = nested()
+    host: str = option("127.0.0.1", help="address to listen on")
+    port: int = option(50051, non_negative=True, help="0 = any free port")
+    metrics_port: int = option(0, non_negative=True, help="Prometheus port; 0 = off")
+    drain_s: float = option(5.0, flag="--drain-seconds", non_negative=True,
+                            help="on SIGTERM, how long in-flight calls may finish")
     security: ServerSecurity = field(default_factory=ServerSecurity)
     # A small object whose content is the index URI to serve; polled, a change = LoadIndex.
-    index_pointer: str | None = None
-    pointer_interval_s: float = 10.0
-    # Admin RPCs (LoadIndex) without a token: a second port on 127.0.0.1 only (None = none,
-    # 0 = any free port). Index URIs must lie under these roots (empty: the parent of the
-    # index or of the pointer).
-    admin_port: int | None = None
-    allowed_index_roots: tuple[str, ...] = ()
+    index_pointer: str | None = option(
+        None, mutex="where", required=True, metavar="URI",
+        help="object whose content is the index root to serve (e.g. s3://b/indexes/CURRENT); "
+             "watched: a change loads the new version")
+    pointer_interval_s: float = option(10.0, flag="--pointer-interval", positive=True,
+                                       metavar="S", help="seconds between reads of --index-pointer")
+    # Admin RPCs (LoadIndex) without a token: a second port on 127.0.0.1 only.
+    admin_port: int | None = option(
+        None, non_negative=True, metavar="PORT",
+        help="also serve on 127.0.0.1:PORT, where admin RPCs (LoadIndex) need no token "
+             "(0 = any free port; default: no admin port)")
+    allowed_index_root: str = option(
+        "", metavar="URI",
+        help="LoadIndex and pointer targets must lie under this root "
+             "(default: the folder holding --index or --index-pointer)")
 
 
 class ShardServer:
@@ -64,8 +76,8 @@ class ShardServer:
         self.config = config
         self.metrics = ShardMetrics()
         self.searcher = ShardSearcher(config.searcher)
-        self.policy = IndexPolicy.build(config.allowed_index_roots, config.index_uri,
-                                        config.index_pointer)
+        roots = [config.allowed_index_root] if config.allowed_index_root else []
+        self.policy = IndexPolicy.build(roots, config.index_uri, config.index_pointer)
         self.pointer_target = ""  # what the pointer named at its last read
         self._pointer_error: str | None = None  # the last read failure, logged once
         servicer = ShardServicer(self.searcher, self.metrics, self.policy,

@@ -17,10 +17,17 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 
+from cbir.options import option
 from cbir.rpc.auth import RedactingFilter, redact_text
 
 LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    log_format: str = option("text", choices=LOG_FORMATS, help="json = one JSON object per line")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 # C0 controls but TAB, DEL, C1 controls, line/paragraph separators and bidi overrides/isolates.
 _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")

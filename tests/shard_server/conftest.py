@@ -66,22 +66,24 @@ def ivf_index(tmp_path_factory: pytest.TempPathFactory) -> BuiltIndex:
 
 def config(root: str, shard: int = 0, limits: Limits = DEFAULT_LIMITS,
            expect: Expectations | None = None, **kw: object) -> ServerConfig:
+    # The served default keeps a swapped-out version 120 s; these tests check the swap itself.
+    kw.setdefault("keep_previous_s", 0.0)
     return ServerConfig(index_uri=root, port=0, drain_s=0.0,
                         searcher=SearcherConfig(shard=shard, expect=expect or Expectations(),
                                                 limits=limits, **kw))  # type: ignore[arg-type]
 
 
-def with_admin(cfg: ServerConfig, *roots: str) -> ServerConfig:
-    """``cfg`` plus a loopback admin port (any free port) and these allowed index roots."""
-    return dataclasses.replace(cfg, admin_port=0, allowed_index_roots=roots)
+def with_admin(cfg: ServerConfig, root: str) -> ServerConfig:
+    """``cfg`` plus a loopback admin port (any free port) and this allowed index root."""
+    return dataclasses.replace(cfg, admin_port=0, allowed_index_root=root)
 
 
 @pytest.fixture
 def server(flat_index: BuiltIndex, tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[ThreadedServer]:
     # Every index these tests build lies under pytest's base temp folder.
-    roots = (str(tmp_path_factory.getbasetemp()),)
-    with serve_in_thread(with_admin(config(flat_index.root), *roots)) as running:
+    root = str(tmp_path_factory.getbasetemp())
+    with serve_in_thread(with_admin(config(flat_index.root), root)) as running:
         yield running
 
 
