@@ -21,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cbir import storage
+from cbir.errors import PermissionDenied
 from cbir.rpc.auth import AuthConfig, bearer_metadata
 from cbir.rpc.security import ServerSecurity
 from protos import cbir_pb2, cbir_pb2_grpc
@@ -286,3 +287,13 @@ def test_operator_load_index_command(flat_index: BuiltIndex, flat_index_v2: Buil
     assert admin.stdout.startswith(f"serving {flat_index_v2.version}")
     assert server.server.searcher.store.current().version == flat_index_v2.version
     assert run(server.server.admin_port, "/etc").returncode == 1
+
+
+def test_a_pointer_naming_an_index_outside_the_root_stops_the_start(
+    flat_index: BuiltIndex, tmp_path: Path,
+) -> None:
+    pointer = tmp_path / "CURRENT"
+    write_pointer(str(pointer), flat_index.root)  # flat_index lives in another temp folder
+    cfg = dataclasses.replace(config(""), index_pointer=str(pointer))
+    with pytest.raises(PermissionDenied, match="outside the allowed index root"):
+        ThreadedServer(cfg).start()
