@@ -65,6 +65,11 @@ class CoordinatorMetrics:
             registry=r,
         )
 
+    def requests_served(self) -> int:
+        """Search requests answered so far, every query type and status code."""
+        return int(sum(sample.value for metric in self.requests.collect()
+                       for sample in metric.samples if sample.name.endswith("_total")))
+
     def serve(self, port: int, host: str) -> None:
         """Listen on the gRPC server's own host: a coordinator bound to 127.0.0.1 must not
         publish its metrics on every interface."""

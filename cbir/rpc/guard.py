@@ -1,126 +1,117 @@
-"""A request's size is decided before it is parsed: per-method byte budgets, quiet refusal of
-bytes that do not parse, and caps on identifier strings (both servers install it via Serving).
-
-Why an interceptor: grpc hands a server the raw request bytes and parses them with the
-method's deserializer before any servicer code runs. A repeated field of 30M zeros is 30 MB on
-the wire and a 30M-item Python list once converted; checking the byte length first costs
-nothing. A deserializer that raises makes grpc log a traceback per request, so the wrapped
-deserializer returns a marker instead and the wrapped behaviour answers with one status.
-"""
+"""The server side of bearer tokens: an interceptor that refuses calls before any servicer code
+runs - no or an unknown token, a token without the method's role, a privileged method on a
+server without tokens, or an address locked out after failed authentications."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
 
-from cbir.limits import Limits
+from cbir.rpc.auth import (
+    DEFAULT_EXEMPT_METHODS,
+    DEFAULT_METHOD_ROLES,
+    SEARCH,
+    AuthConfig,
+    allowed,
+    parse_bearer,
+)
+from cbir.rpc.handlers import checked_handler, refusing_handler
+from cbir.rpc.ratelimit import DEFAULT_FAILURE_LIMIT, FailureLimit, FailureLimiter, RefusalLog
 
-log = logging.getLogger(__name__)
-
-# Small control messages (Info, Stats, health, reflection) and anything not named below.
-SMALL_REQUEST_BYTES = 64 * 1024
-# Identifier strings a request may carry, and their longest allowed length. Longer or
-# unprintable values are refused before a servicer can echo them into an error or a log.
-STRING_CAPS: Mapping[str, int] = {"index_version": 128}
-
-
-def request_byte_limits(limits: Limits) -> dict[str, int]:
-    """The largest serialized request each method accepts; the transport's receive limit is
-    the largest of a server's own methods (see docs/security.md, per-request limits)."""
-    return {
-        # An image query carries the image; a vector or id query needs a few KiB.
-        "/cbir.v1.Coordinator/Search": min(limits.max_image_bytes + SMALL_REQUEST_BYTES,
-                                           limits.max_message_bytes),
-        "/cbir.v1.Coordinator/Info": SMALL_REQUEST_BYTES,
-        # max_batch packed float32 query vectors.
-        "/cbir.v1.Shard/Search": limits.max_message_bytes,
-        # At most max_batch ids of at most 10 varint bytes each (+ tags, request id).
-        "/cbir.v1.Shard/GetVectors": limits.max_batch * 11 + SMALL_REQUEST_BYTES,
-        "/cbir.v1.Shard/Stats": SMALL_REQUEST_BYTES,
-        "/cbir.v1.Shard/LoadIndex": SMALL_REQUEST_BYTES,
-    }
+# Refusals are logged under the name they always had (dashboards and tests grep for it).
+log = logging.getLogger("cbir.rpc.auth")
 
 
-@dataclass(frozen=True)
-class _Refused:
-    """What the wrapped deserializer returns instead of a message it will not build."""
-
-    code: grpc.StatusCode
-    message: str
+def no_token_refusal(method: str, role: str) -> tuple[grpc.StatusCode, str]:
+    return grpc.StatusCode.PERMISSION_DENIED, (
+        f"{method} needs the {role!r} role and this server has no bearer tokens: call it on the "
+        "loopback admin port (--admin-port) or configure --auth-token-file with such a token")
 
 
-def check_strings(request: Any) -> _Refused | None:
-    for name, cap in STRING_CAPS.items():
-        value = getattr(request, name, None)
-        if not isinstance(value, str) or not value:
-            continue
-        if len(value) > cap or not value.isprintable():
-            return _Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"{name} must be at most {cap} printable characters "
-                            f"(got {len(value)} characters)")
-    return None
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse calls without a known bearer token (UNAUTHENTICATED) or whose token lacks the
+    method's role (PERMISSION_DENIED), before the request reaches any servicer.
 
+    ``auth=None`` (no tokens configured) still guards the privileged methods (role other than
+    ``search``): they are refused unless ``trusted`` (the loopback-only admin port, where
+    reaching the port is the credential). Peers that keep failing authentication are refused
+    with RESOURCE_EXHAUSTED for the rest of the window (``limit``), and refusals are logged
+    once per interval with a count (``cbir.rpc.ratelimit``)."""
 
-def _deserializer(method: str, parse: Callable[[bytes], Any], max_bytes: int
-                  ) -> Callable[[bytes], Any]:
-    def deserialize(raw: bytes) -> Any:
-        if len(raw) > max_bytes:
-            return _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"request of {len(raw)} bytes exceeds this method's limit of "
-                            f"{max_bytes} bytes")
-        try:
-            request = parse(raw)
-        except Exception:
-            return _Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"{len(raw)} request bytes do not parse as this method's message")
-        return check_strings(request) or request
-
-    return deserialize
-
-
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
-def _behaviour(method: str, inner: Behaviour) -> Behaviour:
-    async def behave(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Refused):
-            # One line, no traceback: a flood of garbage must not flood the log with stacks.
-            log.warning("refused %s: %s", method, request.message)
-            await context.abort(request.code, request.message)
-        # Handed over without this frame keeping it: if the call is aborted, the abort's
-        # reference cycle (see cbir.rpc.status) must not hold a large request.
-        box = [request]
-        del request
-        return await inner(box.pop(), context)
-
-    return behave
-
-
-class RequestGuard(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary handlers: byte budget, parse failure and string caps, all answered
-    with a status before the servicer runs. Streaming handlers pass through unchanged."""
-
-    def __init__(self, byte_limits: Mapping[str, int], default_bytes: int) -> None:
-        self.byte_limits = dict(byte_limits)
-        self.default_bytes = default_bytes
+    def __init__(self, auth: AuthConfig | None,
+                 exempt_methods: Iterable[str] = DEFAULT_EXEMPT_METHODS, *,
+                 trusted: bool = False, limit: FailureLimit = DEFAULT_FAILURE_LIMIT,
+                 method_roles: Iterable[tuple[str, str]] | None = None) -> None:
+        self.auth = auth
+        self.exempt_methods = frozenset(exempt_methods)
+        self.trusted = trusted
+        roles = method_roles if method_roles is not None else (
+            auth.method_roles if auth is not None else DEFAULT_METHOD_ROLES)
+        self.method_roles = dict(roles)
+        self.limiter = FailureLimiter(limit)
+        self.refusals = RefusalLog(log, limit.interval_s or 10.0)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
         handler = await continuation(handler_call_details)
-        parse = getattr(handler, "request_deserializer", None)
-        inner = getattr(handler, "unary_unary", None)
-        if handler is None or parse is None or inner is None:
+        if handler is None or method in self.exempt_methods:
             return handler
-        method = str(handler_call_details.method)
-        max_bytes = self.byte_limits.get(method, self.default_bytes)
-        return handler._replace(
-            request_deserializer=_deserializer(method, parse, max_bytes),
-            unary_unary=_behaviour(method, inner),
-        )
+        refusal = self.refusal(method, handler_call_details.invocation_metadata)
+        if refusal is not None:
+            return refusing_handler(handler, self._refuse(method, *refusal))
+        if self.auth is not None and self.limiter.any_blocked():
+            # Someone is locked out: look at this call's peer (only a handler sees it).
+            return checked_handler(handler, lambda context: self._lockout(method, context))
+        return handler
+
+    def required_role(self, method: str) -> str:
+        return self.method_roles.get(method, SEARCH)
+
+    def refusal(
+        self, method: str, metadata: Sequence[tuple[str, Any]] | None
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """None when the call may proceed, else the status and a message free of secrets."""
+        role = self.required_role(method)
+        if self.auth is None:
+            return None if role == SEARCH or self.trusted else no_token_refusal(method, role)
+        token = parse_bearer(metadata)
+        if token is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "missing or malformed bearer token"
+        grant = self.auth.match(token)
+        if grant is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
+        if not allowed(grant, role):
+            return grpc.StatusCode.PERMISSION_DENIED, f"{grant.name} lacks the {role!r} role"
+        return None
+
+    def _refuse(self, method: str, code: grpc.StatusCode,
+                message: str) -> Callable[[grpc.aio.ServicerContext], tuple[Any, str]]:
+        def decide(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+            peer = context.peer()
+            if code == grpc.StatusCode.UNAUTHENTICATED:  # a guess: counts towards the lockout
+                lockout = self._lockout(method, context)
+                self.limiter.failed(peer)
+                if lockout is not None:
+                    return lockout
+            self.refusals.refused(method, message, peer)
+            return code, message
+
+        return decide
+
+    def _lockout(self, method: str,
+                 context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        peer = context.peer()
+        wait = self.limiter.blocked_for(peer)
+        if wait <= 0:
+            return None
+        self.refusals.refused(method, "locked out after failed authentications", peer)
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, (
+            f"too many failed authentications from this address; retry in {math.ceil(wait)} s")

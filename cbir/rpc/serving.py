@@ -2,8 +2,8 @@
 
 Per-connection limits (why each): ``max_concurrent_streams`` bounds how many requests one
 connection can have in memory at once (each up to its method's byte budget, see
-``cbir.rpc.guard``); idle connections are closed so a client that opens many and walks away does
-not hold them; ``max_connection_age`` makes long-lived clients reconnect now and then, which lets
+``cbir.rpc.request_limits``); idle connections are closed so a client that opens many and walks
+away does not hold them; ``max_connection_age`` makes long-lived clients reconnect now and then, which lets
 a Service spread them over new replicas, with a grace longer than the longest deadline so no call
 is cut short.
 """
@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cbir import errors
 from cbir.limits import DEFAULT_LIMITS, Limits
-from cbir.rpc.guard import RequestGuard, request_byte_limits
+from cbir.rpc.request_limits import RequestGuard, request_byte_limits
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,24 @@ def return_large_buffers_to_the_os() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
 
+def check_can_listen(host: str, port: int) -> None:
+    """One clear error before gRPC tries (its own failure is a log line and a RuntimeError):
+    the port is taken, or the host is not an address of this machine."""
+    bare = host.strip("[]")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(bare, port,
+                                                              type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise errors.InvalidArgument(f"cannot listen on {host}:{port}: unknown host") from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            reason = ("the port is in use (another server? pick another --port, or 0 for any "
+                      "free port)" if exc.errno == errno.EADDRINUSE else exc.strerror)
+            raise errors.FailedPrecondition(f"cannot listen on {host}:{port}: {reason}") from exc
+
 
 class Serving:
     """A grpc.aio server plus its health servicer; ``start`` returns the bound port."""
@@ -116,12 +137,16 @@ class Serving:
 
     def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
         address = f"{host}:{port}"
-        if credentials is None:
-            bound = self.server.add_insecure_port(address)
-        else:
-            bound = self.server.add_secure_port(address, credentials)
+        check_can_listen(host, port)
+        try:
+            if credentials is None:
+                bound = self.server.add_insecure_port(address)
+            else:
+                bound = self.server.add_secure_port(address, credentials)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise OSError(f"could not bind {address}")
+            raise errors.FailedPrecondition(f"cannot listen on {address}")
         return bound
 
     async def set_serving(self, serving: bool) -> None:

@@ -1,9 +1,9 @@
-"""The gRPC server limits both servers share (cbir.rpc.serving / cbir.rpc.guard)."""
+"""The gRPC server limits both servers share (cbir.rpc.serving / cbir.rpc.request_limits)."""
 
 from __future__ import annotations
 
 from cbir.limits import Limits
-from cbir.rpc.guard import request_byte_limits
+from cbir.rpc.request_limits import request_byte_limits
 from cbir.rpc.serving import receive_limit, return_large_buffers_to_the_os, server_options
 
 LIMITS = Limits(max_image_bytes=1_000_000, max_message_bytes=8_000_000, max_batch=100,
