@@ -26,10 +26,6 @@ class BalancerConfig:
         help="seconds between health checks of an ejected replica")
     # Weight of the newest latency sample in the EWMA.
     ewma_alpha: float = 0.3
-    # Legacy: when set, a latency sample this old counts for ~37% (e^-1) and fades towards the
-    # fastest replica's. Off by default: fading made a known-slow replica look cheap again every
-    # few seconds, and the queries it then got made the p99 (see docs/coordinator.md).
-    ewma_decay_s: float | None = None
     # A live replica whose newest latency sample is older than this gets a shadow copy of the
     # next call (off the critical path; its answer is dropped) so its estimate stays current
     # without real queries waiting on it. 0 = never.
