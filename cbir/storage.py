@@ -218,6 +218,7 @@ def translate(exc: BaseException, what: str) -> CbirError:
     """Any boto3/botocore failure -> the typed cbir error that says what to do. ``what`` names
     the operation and URI; messages never contain credentials."""
     from botocore import exceptions as bce
+    from botocore.parsers import ResponseParserError
 
     endpoint = endpoint_url() or "the S3 endpoint"
     if isinstance(exc, CbirError):
@@ -230,7 +231,7 @@ def translate(exc: BaseException, what: str) -> CbirError:
     if isinstance(exc, bce.EndpointConnectionError | bce.ConnectTimeoutError):
         return Unavailable(f"{what}: cannot reach {endpoint}: is it running and is "
                            "AWS_ENDPOINT_URL right?")
-    if isinstance(exc, bce.ConnectionClosedError | RecursionError | bce.ResponseParserError):
+    if isinstance(exc, bce.ConnectionClosedError | RecursionError | ResponseParserError):
         return Unavailable(f"{what}: {endpoint} did not answer like S3: is AWS_ENDPOINT_URL an "
                            "S3 endpoint?")
     return Unavailable(f"{what}: {type(exc).__name__}: {exc}")
@@ -240,10 +241,11 @@ def translate(exc: BaseException, what: str) -> CbirError:
 def s3_errors(what: str) -> Iterator[None]:
     """Translate every S3 failure inside the block (see ``translate``)."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
 
     try:
         yield
-    except (BotoCoreError, ClientError, RecursionError) as exc:
+    except (BotoCoreError, ClientError, RecursionError, ResponseParserError) as exc:
         raise translate(exc, what) from None
 
 
@@ -254,14 +256,15 @@ class ObjectInfo:
     etag: str
 
 
-def list_objects(uri: str) -> Iterator[ObjectInfo]:
+def list_objects(uri: str, page_size: int = 1000) -> Iterator[ObjectInfo]:
     """Every object under an ``s3://bucket[/prefix]`` (as a folder), with sizes and ETags;
-    paginated, so a bucket of any size streams in pages of 1000."""
+    paginated, so a bucket of any size streams in pages of ``page_size``."""
     loc = parse_s3(uri)
     prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
+    pages = {"PageSize": page_size}
     with s3_errors(f"listing {uri}"):
         for page in s3_client().get_paginator("list_objects_v2").paginate(
-                Bucket=loc.bucket, Prefix=prefix):
+                Bucket=loc.bucket, Prefix=prefix, PaginationConfig=pages):
             if "Name" not in page:  # every ListBucketResult names its bucket
                 raise Unavailable(f"listing {uri}: {endpoint_url() or 'the endpoint'} did not "
                                   "answer like S3: is AWS_ENDPOINT_URL an S3 endpoint?")

@@ -6,11 +6,14 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from cbir import ids, schema, storage
 from cbir.embedding import load_embedder
 from cbir.errors import FailedPrecondition, ModelMismatch
+from cbir.limits import Limits
+from jobs.embed.config import BackfillConfig, EmbedTask, TaskResult
 from jobs.embed.job import run_backfill
 from jobs.embed.plan import scan_output
 from jobs.embed.task import embed_and_commit
@@ -132,3 +135,44 @@ def test_changed_model_on_existing_output_is_refused(image_bucket: ImageBucket,
     assert scan_output(config.output).model_versions == {config.model_version}
     with pytest.raises(ModelMismatch):
         run_backfill(other, SEQUENTIAL, show_progress=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GrowAfterListing:
+    """A work function that overwrites one object with a much larger one after the driver
+    listed it, then runs the real task."""
+
+    uri: str
+    size: int
+
+    def __call__(self, task: EmbedTask, config: BackfillConfig) -> TaskResult:
+        storage.write_bytes(self.uri, b"\xff" * self.size)
+        return embed_and_commit(task, config)
+
+
+def test_object_grown_after_listing_is_too_large_without_reading_it(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(3):
+        put(bucket, f"img/{i}.png", small_image(i))
+    limit = 60_000
+    grown = f"s3://{bucket}/img/1.png"
+    listed = len(small_image(1))
+    config = dataclasses.replace(config_for(f"s3://{bucket}/img", str(tmp_path)),
+                                 limits=Limits(max_image_bytes=limit))
+    read_sizes: list[int] = []
+    real_read = storage.read_prefix
+
+    def recording(uri: str, max_bytes: int) -> storage.Prefix:
+        got = real_read(uri, max_bytes)
+        read_sizes.append(len(got.data))
+        return got
+
+    monkeypatch.setattr(storage, "read_prefix", recording)
+    manifest = run_backfill(config, SEQUENTIAL, show_progress=False,
+                            work_fn=_GrowAfterListing(grown, 4 * 1024 * 1024))
+    assert manifest.num_images == 2 and read_errors(config.output) == {grown: "too_large"}
+    fs, path = storage.filesystem(storage.join(config.output, schema.ERRORS_DIR))
+    detail = pq.read_table(path, filesystem=fs).column("detail").to_pylist()[0]
+    assert detail == f"{4 * 1024 * 1024} bytes > limit {limit} (listed as {listed} bytes)"
+    assert max(read_sizes) == limit + 1  # never the whole 4 MiB

@@ -1,0 +1,123 @@
+"""`cbir build-index` and `cbir index-pointer`: one line and exit code 2 for each mistake,
+before reading embeddings, training or starting Spark where it can be known up front."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbir.cli import main
+from jobs.build_index.build import BuildConfig
+from jobs.build_index.cli import _DEFAULTS, add_arguments
+from tests.build_index import fixtures as fx
+from tests.conftest import free_port
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        rc = main(list(args))
+    except SystemExit as exc:  # argparse refuses the arguments
+        rc = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture
+def run_uri(tmp_path: Path) -> str:
+    emb = str(tmp_path / "emb")
+    fx.write_run(emb, fx.table(fx.keys_for(50), fx.random_vectors(50, 8)))
+    return emb
+
+
+def _build(capsys: pytest.CaptureFixture[str], emb: str, out: str, *extra: str
+           ) -> tuple[int, str, str]:
+    return _cli(capsys, "build-index", "--embeddings", emb, "--output", out, "--shards", "2",
+                "--no-progress", *extra)
+
+
+def test_flag_defaults_are_the_config_defaults() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--embeddings", "e", "--output", "o", "--shards", "3"])
+    assert args.engine == BuildConfig(embeddings="", output="", num_shards=1).engine.engine
+    assert (args.index, args.target_recall, args.train_size, args.tune_queries,
+            args.faiss_threads, args.shard_only) == (
+        _DEFAULTS.factory, _DEFAULTS.target_recall, _DEFAULTS.train_size,
+        _DEFAULTS.tune_queries, _DEFAULTS.faiss_threads, _DEFAULTS.shard_only)
+    assert int(args.memory_budget_gb * (1 << 30)) == _DEFAULTS.memory_budget_bytes
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--shards", "0", "'0' is not a positive integer"),
+    ("--train-size", "-1", "'-1' is not a positive integer"),
+    ("--faiss-threads", "-2", "'-2' is not an integer >= 0"),
+    ("--target-recall", "1.5", "'1.5' is not in (0, 1]"),
+    ("--memory-budget-gb", "0", "'0' is not a positive number"),
+])
+def test_invalid_values_are_refused_by_the_parser(
+    flag: str, value: str, says: str, run_uri: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _, err = _build(capsys, run_uri, str(tmp_path / "ix"), flag, value)
+    assert rc == 2 and says in _one_line(err)
+    assert not (tmp_path / "ix").exists()
+
+
+def test_missing_output_bucket(run_uri: str, s3_endpoint: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _build(capsys, run_uri, "s3://no-such-index-bucket/ix")
+    assert rc == 2 and _one_line(err) == (
+        "cbir build-index: error: output s3://no-such-index-bucket/ix: bucket does not exist")
+
+
+def test_run_with_zero_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    emb = str(tmp_path / "empty")
+    fx.write_run(emb, fx.table([], np.zeros((0, 8), np.float32)), parts=1)
+    rc, _, err = _build(capsys, emb, str(tmp_path / "ix"))
+    assert rc == 2 and _one_line(err) == (
+        f"cbir build-index: error: the embeddings run {emb} holds 0 images: nothing to index "
+        "(did the backfill read the right bucket and prefix?)")
+
+
+def test_unreachable_master_fails_in_seconds(run_uri: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    master = f"spark://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    rc, _, err = _build(capsys, run_uri, str(tmp_path / "ix"), "--engine", "spark",
+                        "--master", master)
+    assert rc == 2 and f"cannot reach the Spark master {master}" in _one_line(err)
+    assert time.monotonic() - start < 10 and not (tmp_path / "ix").exists()
+
+
+def test_unwritable_output(run_uri: str, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    rc, _, err = _build(capsys, run_uri, str(blocker / "ix"))
+    assert rc == 2
+    assert _one_line(err).startswith(f"cbir build-index: error: output {blocker / 'ix'} is "
+                                     "not writable: ")
+
+
+def test_index_pointer_in_a_missing_bucket(s3_endpoint: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _cli(capsys, "index-pointer", "set", "s3://no-such-pointer-bucket/CURRENT",
+                      "--to", "s3://x/v1", "--no-check")
+    assert rc == 2 and _one_line(err) == (
+        "cbir index-pointer: error: writing s3://no-such-pointer-bucket/CURRENT: bucket does "
+        "not exist")
+    rc, _, err = _cli(capsys, "index-pointer", "get", "s3://no-such-pointer-bucket/CURRENT")
+    assert rc == 2 and _one_line(err) == (
+        "cbir index-pointer: error: reading s3://no-such-pointer-bucket/CURRENT: bucket does "
+        "not exist")
