@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 "--master", cfg.master, "--num-shards", str(cfg.shards))
         show_skipped(embeddings)
         run_cli("build-index", "--embeddings", embeddings, "--output", index,
-                "--shards", str(cfg.shards), "--master", cfg.master)
+                "--shards", str(cfg.shards), "--engine", "spark", "--master", cfg.master)
         coordinator = start_cluster(cfg, procs, index)
         accuracy = query_edited_photos(coordinator, photos, cfg.k)
         say(f"top-1 = original for {accuracy:.1%} of edited-photo queries")

@@ -10,7 +10,8 @@ import argparse
 import re
 from collections.abc import Callable
 
-from jobs.engines import ENGINES, EngineOptions
+from cbir.errors import InvalidArgument
+from jobs.engine_types import ENGINES, EngineOptions
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -83,6 +84,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_engine: str) -
 
 
 def engine_options(args: argparse.Namespace, app_name: str) -> EngineOptions:
+    if args.engine == "sequential" and (args.master or args.conf):
+        # Silently ignoring them would run on one machine what the user meant for a cluster.
+        raise InvalidArgument(f"--master/--conf need --engine spark (the {args.engine} engine "
+                              "runs every task in this process)")
     return EngineOptions(
         engine=args.engine, master=args.master, conf=tuple(args.conf),
         forward_aws_credentials=args.forward_aws_credentials,

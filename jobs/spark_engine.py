@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cbir.errors import CbirError, Unavailable
-from jobs.engines import Capacity, EngineOptions, Finished, Progress
+from jobs.engine_types import Capacity, EngineOptions, Finished, Progress
 from jobs.spark_session import DEFAULT_MASTER, MAX_TASK_FAILURES, get_or_create_session
 
 if TYPE_CHECKING:

@@ -74,6 +74,14 @@ def test_invalid_values_are_refused_by_the_parser(
     assert not (tmp_path / "ix").exists()
 
 
+def test_master_without_the_spark_engine(run_uri: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _build(capsys, run_uri, str(tmp_path / "ix"), "--master", "local[2]")
+    assert rc == 2 and _one_line(err) == (
+        "cbir build-index: error: --master/--conf need --engine spark (the sequential engine "
+        "runs every task in this process)")
+
+
 def test_missing_output_bucket(run_uri: str, s3_endpoint: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _build(capsys, run_uri, "s3://no-such-index-bucket/ix")

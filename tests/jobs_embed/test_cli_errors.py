@@ -36,6 +36,23 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+def test_flag_defaults_are_the_config_defaults() -> None:
+    import argparse
+
+    from jobs.embed.cli import add_arguments
+    from jobs.embed.config import DEFAULT_ENGINE
+    from jobs.embed.job import JobOptions
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--input", "s3://b", "--output", "o"])
+    defaults = JobOptions(input="s3://b", output="o")
+    for name in ("model", "weights", "device", "batch_size", "num_shards", "objects_per_task",
+                 "io_threads"):
+        assert getattr(args, name) == getattr(defaults, name), name
+    assert args.engine == DEFAULT_ENGINE and args.conf == [] and args.master is None
+
+
 def test_missing_bucket(s3_endpoint: str, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _cli(capsys, "--input", "s3://no-such-bucket-xyz/imgs", "--output",
@@ -218,9 +235,11 @@ def test_java_missing(image_bucket: ImageBucket, tmp_path: Path,
 def test_cli_success_prints_summary(image_bucket: ImageBucket, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = str(tmp_path / "out")
-    rc, out, _ = _cli(capsys, "--input", f"s3://{image_bucket.bucket}/photos", "--output",
-                      out_dir, "--engine", "sequential", "--objects-per-task", "3")
+    rc, out, err = _cli(capsys, "--input", f"s3://{image_bucket.bucket}/photos", "--output",
+                        out_dir, "--engine", "sequential", "--objects-per-task", "3")
     assert rc == 0
+    # stderr is not a terminal here: plain progress lines, counted in images
+    assert "\r" not in err and "4/4" in err.splitlines()[-1] and "img/s" in err
     summary = json.loads(out)
     assert summary["num_images"] == 4 and summary["parts_written"] == 2
     assert read_manifest(out_dir).num_images == 4
