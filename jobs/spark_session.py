@@ -41,6 +41,10 @@ appender.console.name = console
 appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{{HH:mm:ss}} %p %c{{1}}: %m%n%ex
+# The logger of PySpark's gateway (its main class) sets the shell's level; configured here,
+# Spark does not override it to WARN nor print "Setting default log level".
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = {level}
 """
 
 

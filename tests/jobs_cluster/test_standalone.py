@@ -84,6 +84,10 @@ def test_backfill_and_build_index_on_a_standalone_cluster(
                              capture_output=True, text=True, timeout=600)
         cluster.timings["backfill_and_build_s"] = round(time.monotonic() - t0, 1)
         assert run.returncode == 0, run.stderr[-3000:]
+        # Spark's and Java's start-up logging is hidden without -v (log4j at ERROR).
+        noise = [line for line in run.stderr.splitlines()
+                 if " WARN " in line or " INFO " in line or "default log level" in line]
+        assert noise == [], noise[:5]
         by_worker = cluster.stages_by_worker()
     print(f"\nstandalone cluster timings: {cluster.timings}; stages per worker: {by_worker}")
     stages = sorted(set().union(*by_worker))
