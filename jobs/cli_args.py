@@ -56,18 +56,7 @@ def conf_pair(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """A parse error is one line on stderr and exit 2, like every other cbir error (argparse
-    would print the whole usage first)."""
-
-    def error(message: str) -> None:  # argparse declares NoReturn; exit() never returns
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-    parser.error = error  # type: ignore[assignment,method-assign]
-
-
 def add_engine_arguments(parser: argparse.ArgumentParser, default_engine: str) -> None:
-    one_line_errors(parser)
     parser.add_argument("--engine", choices=ENGINES, default=default_engine,
                         help="where tasks run (default: %(default)s)")
     parser.add_argument("--master", default=None,

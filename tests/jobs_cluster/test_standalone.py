@@ -44,7 +44,7 @@ _DRIVER = textwrap.dedent("""
 
 
 def _fill(bucket: str) -> int:
-    from cbir.photos import bundled_photos
+    from demo.photos import bundled_photos
 
     photos = {p.name: p for p in bundled_photos()}
     objects = {f"img/{n}.jpg": odd.save(odd.small(photos[n].pixels, 160), "JPEG")

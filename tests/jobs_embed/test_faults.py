@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from cbir import schema, storage
-from cbir.photos import bundled_photos
+from demo.photos import bundled_photos
 from jobs.embed.job import run_backfill
 from tests.embedding import odd_images as odd
 from tests.jobs_embed.conftest import LOCAL_SPARK, config_for, put, small_image
