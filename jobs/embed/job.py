@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -14,11 +15,14 @@ from dataclasses import dataclass
 from cbir import schema, storage
 from cbir.embedding import DEFAULT_MODEL, describe_model
 from cbir.errors import InvalidArgument, NotFound
+from cbir.options import nested, option
 from jobs import engines
 from jobs.embed import plan
 from jobs.embed.config import (
+    DEFAULT_ENGINE,
     DEFAULT_IO_THREADS,
     DEFAULT_NUM_SHARDS,
+    DEFAULT_OBJECTS_PER_TASK,
     BackfillConfig,
     EmbedTask,
     ObjectRef,
@@ -33,19 +37,39 @@ log = logging.getLogger(__name__)
 WorkFn = Callable[[EmbedTask, BackfillConfig], TaskResult]
 
 
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def _default_engine() -> EngineOptions:
+    return EngineOptions(engine=DEFAULT_ENGINE)
+
+
 @dataclass(frozen=True)
 class JobOptions:
-    """What the CLI gives; ``build_config`` turns it into the frozen config tasks carry."""
+    """The backfill's options, declared once: the CLI's flags are generated from these fields
+    (``cbir.options``); ``build_config`` turns them into the frozen config tasks carry."""
 
-    input: str
-    output: str
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    device: str | None = None
-    batch_size: int | None = None
-    num_shards: int = DEFAULT_NUM_SHARDS
-    objects_per_task: int | None = None
-    io_threads: int = DEFAULT_IO_THREADS
+    input: str = option(required=True, help="s3://BUCKET[/PREFIX] of images")
+    output: str = option(required=True, help="output directory or s3:// URI")
+    model: str = option(DEFAULT_MODEL, help="efficientnet_lite0 (1280-d) | resnet50 (2048-d)")
+    weights: str | None = option(None, help="model weights (state_dict): local path or s3:// URI")
+    device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda if any)")
+    batch_size: int | None = option(None, positive=True,
+                                    help="images per model call (default: the model's)")
+    num_shards: int = option(DEFAULT_NUM_SHARDS, positive=True, help="fills shard = id %% N")
+    objects_per_task: int | None = option(
+        None, positive=True, help="objects per task = per Parquet part (default: sized from the "
+        f"bucket and the cluster's cores, at most {DEFAULT_OBJECTS_PER_TASK})")
+    io_threads: int = option(DEFAULT_IO_THREADS, positive=True,
+                             help="fetch+decode threads per task")
+    allow_empty: bool = option(False, help="succeed on an input with no objects (default: an "
+                               "error, since it is usually a typo'd bucket or prefix)")
+    engine: EngineOptions = nested(_default_engine)
+
+    def __post_init__(self) -> None:
+        if self.device is not None and not _DEVICE.match(self.device):
+            raise InvalidArgument(f"--device {self.device!r} is not a device: use cpu, cuda or "
+                                  "cuda:N")
 
 
 def build_config(opts: JobOptions) -> BackfillConfig:
