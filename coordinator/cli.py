@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="query embedding model; must be the one the index was built with")
     parser.add_argument("--weights", help="model weights path or s3:// URI")
     parser.add_argument("--device", help="torch device for the query embedder (default: auto)")
+    parser.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                        help="query embedder runtime: auto (CUDA torch on a GPU, ONNX Runtime "
+                             "on CPU) | torch | onnxruntime (same embeddings to 1e-4)")
     parser.add_argument("--no-image-queries", action="store_true",
                         help="serve vector and image-id queries only (no torch needed)")
     parser.add_argument("--resolve-interval", type=float, default=10.0, metavar="S",
@@ -105,6 +108,7 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
         model=args.model,
         weights=args.weights,
         device=args.device,
+        runtime=args.runtime,
         image_queries=not args.no_image_queries,
         hedge_after_ms=args.hedge_after_ms,
         adaptive_hedge=not args.no_adaptive_hedge,

@@ -40,6 +40,7 @@ class CoordinatorConfig:
     model: str = "efficientnet_lite0"
     weights: str | None = None
     device: str | None = None
+    runtime: str = "auto"  # query embedder: auto | torch | onnxruntime
     image_queries: bool = True
     hedge_after_ms: float | None = None
     # Without a fixed --hedge-after-ms: hedge a shard call after the shard's recent p95 latency

@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 import numpy as np
@@ -20,7 +19,9 @@ import torch
 from PIL import Image
 
 from cbir.embedding import models, onnx_export
+from cbir.embedding.gpu_decode import DeviceJpegPath, gpu_batch_size
 from cbir.embedding.preprocess import Prepared, PreprocessSpec, prepare_bytes, prepare_image
+from cbir.embedding.result import EmbedResult
 from cbir.embedding.runtimes import OnnxRuntime, Pipeline, Runtime, TorchRuntime, resolve_runtime
 from cbir.errors import BadImage, FailedPrecondition
 from cbir.limits import DEFAULT_LIMITS, Limits
@@ -29,15 +30,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "efficientnet_lite0"
 CPU_BATCH = 32
-GPU_BATCH = 256
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    vectors: np.ndarray  # (n_ok, dim) float32, L2-normalised rows
-    ok: list[int] = field(default_factory=list)  # input index of each row of `vectors`
-    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) per ok image
-    failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, detail)
 
 
 def cpu_cores() -> int:
@@ -55,8 +47,12 @@ class Embedder:
 
     def __init__(
         self, spec: models.ModelSpec, pipeline: Pipeline, runtime: Runtime, version: str,
-        device: str, limits: Limits = DEFAULT_LIMITS,
+        device: str, limits: Limits = DEFAULT_LIMITS, device_decode: bool | None = None,
     ) -> None:
+        # JPEGs decoded on the GPU by default on CUDA; device_decode=True on CPU runs the same
+        # code with torchvision's CPU decoder (how the tests check it without a GPU).
+        if device_decode is None:
+            device_decode = device.startswith("cuda")
         self.name = spec.name
         self.dim = spec.dim
         self.version = version
@@ -64,9 +60,13 @@ class Embedder:
         self.runtime = runtime.name
         self.preprocess: PreprocessSpec = spec.preprocess
         self.limits = limits
-        self.batch_size = GPU_BATCH if device.startswith("cuda") else CPU_BATCH
+        self.batch_size = gpu_batch_size(device) if device.startswith("cuda") else CPU_BATCH
         self._pipeline = pipeline
         self._runtime = runtime
+        self._device_path: DeviceJpegPath | None = None
+        if device_decode and isinstance(runtime, TorchRuntime):
+            self._device_path = DeviceJpegPath(self.preprocess, limits, device, self.batch_size,
+                                               runtime.run_tensor, self._embed_bytes_cpu)
 
     @cached_property
     def pool(self) -> ThreadPoolExecutor:
@@ -105,6 +105,11 @@ class Embedder:
 
     def embed_bytes(self, images: Sequence[bytes], for_query: bool = False) -> EmbedResult:
         """Decode + embed; bad images are reported in ``failures``, never raised."""
+        if self._device_path is not None:
+            return self._device_path.embed_bytes(images, for_query, self.dim)
+        return self._embed_bytes_cpu(images, for_query)
+
+    def _embed_bytes_cpu(self, images: Sequence[bytes], for_query: bool) -> EmbedResult:
         ok: list[int] = []
         sizes: list[tuple[int, int]] = []
         failures: list[tuple[int, str, str]] = []

@@ -46,6 +46,9 @@ class Runtime(Protocol):
 class Pipeline(nn.Module):
     """uint8 NHWC -> L2-normalised embedding: the function every runtime computes."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.net = net
@@ -100,6 +103,11 @@ class TorchRuntime:
         if self.cuda:
             x = x.pin_memory().to(self.device, non_blocking=True)
         return self.pipeline(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def run_tensor(self, pixels: torch.Tensor) -> np.ndarray:
+        """(N, S, S, 3) uint8 already on this runtime's device (GPU-decoded) -> vectors."""
+        return self.pipeline(pixels).float().cpu().numpy()
 
     @torch.inference_mode()
     def run_batches(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ import json
 import sys
 
 from cbir.embedding import DEFAULT_MODEL
+from cbir.embedding.runtimes import RUNTIMES
 from jobs.embed.config import DEFAULT_IO_THREADS, DEFAULT_OBJECTS_PER_TASK
 from jobs.embed.distribute import ENGINES
 
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None,
                         help="model weights (state_dict): local path or s3:// URI")
     parser.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if any)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="auto (CUDA torch on a GPU, ONNX Runtime on CPU) | torch | "
+                             "onnxruntime; every runtime gives the same embeddings (1e-4)")
     parser.add_argument("--engine", choices=ENGINES, default="spark")
     parser.add_argument("--master", default=None,
                         help="Spark master (local[*], spark://host:7077, k8s://..., yarn)")
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     opts = JobOptions(
         input=args.input, output=args.output, model=args.model, weights=args.weights,
-        device=args.device, batch_size=args.batch_size, num_shards=args.num_shards,
+        device=args.device, runtime=args.runtime, batch_size=args.batch_size,
+        num_shards=args.num_shards,
         objects_per_task=args.objects_per_task, io_threads=args.io_threads,
         engine=args.engine, master=args.master,
     )

@@ -19,6 +19,7 @@ class BackfillConfig:
     dim: int
     weights: str | None = None
     device: str | None = None
+    runtime: str = "auto"  # auto | torch | onnxruntime (cbir.embedding.runtimes)
     batch_size: int | None = None  # images per model call; None = the embedder's default
     num_shards: int = 1
     objects_per_task: int = DEFAULT_OBJECTS_PER_TASK

@@ -35,6 +35,7 @@ class JobOptions:
     model: str = DEFAULT_MODEL
     weights: str | None = None
     device: str | None = None
+    runtime: str = "auto"
     batch_size: int | None = None
     num_shards: int = 1
     objects_per_task: int = DEFAULT_OBJECTS_PER_TASK
@@ -51,7 +52,8 @@ def build_config(opts: JobOptions) -> BackfillConfig:
     info = describe_model(opts.model, opts.weights)  # unknown model / missing weights fail here
     return BackfillConfig(
         input=opts.input, output=opts.output, model=info.name, model_version=info.version,
-        dim=info.dim, weights=opts.weights, device=opts.device, batch_size=opts.batch_size,
+        dim=info.dim, weights=opts.weights, device=opts.device, runtime=opts.runtime,
+        batch_size=opts.batch_size,
         num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
         io_threads=opts.io_threads,
     )

@@ -20,6 +20,7 @@ from cbir.errors import BadImage, ModelMismatch
 from cbir.limits import Limits
 from jobs.embed import reader
 from jobs.embed.config import BackfillConfig, EmbedTask, ObjectRef
+from jobs.embed.gpu import task_device
 from jobs.embed.writer import ErrorRows, PartRows
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,13 @@ class MapStats:
 
 @lru_cache(maxsize=2)
 def embedder_for(
-    model: str, weights: str | None, device: str | None, version: str, threads: int | None
+    model: str, weights: str | None, device: str | None, version: str, threads: int | None,
+    runtime: str = "auto",
 ) -> Embedder:
     """The worker's embedder; refuses to run if it is not the model the driver planned for
     (e.g. different weights on this machine)."""
     set_torch_threads(threads)
-    emb = load_embedder(model, weights, device)
+    emb = load_embedder(model, weights, device, runtime)
     if emb.version != version:
         raise ModelMismatch(
             f"worker loaded {model} version {emb.version}, driver expects {version}"
@@ -89,8 +91,8 @@ def _collect(
 
 
 def embed_task(config: BackfillConfig, task: EmbedTask) -> tuple[PartRows, ErrorRows, MapStats]:
-    emb = embedder_for(config.model, config.weights, config.device, config.model_version,
-                       config.torch_threads)
+    emb = embedder_for(config.model, config.weights, task_device(config.device),
+                       config.model_version, config.torch_threads, config.runtime)
     batch = config.batch_size or emb.batch_size
     chunks = [task.objects[i : i + batch] for i in range(0, len(task.objects), batch)]
     rows, errors, stats = PartRows(), ErrorRows(), MapStats()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from jobs.embed.config import BackfillConfig, EmbedTask, TaskResult
 from jobs.embed.distribute import Progress
+from jobs.embed.gpu import spark_gpu_conf
 from jobs.embed.runner import run_task
 from jobs.spark_session import DEFAULT_MASTER, get_or_create_session
 
@@ -61,7 +62,9 @@ def run_spark(
 ) -> list[TaskResult]:
     if not tasks:
         return []
-    session = get_or_create_session(master or DEFAULT_MASTER, app_name="cbir-backfill")
+    master = master or DEFAULT_MASTER
+    session = get_or_create_session(master, app_name="cbir-backfill",
+                                    conf=spark_gpu_conf(config.device, master))
     sc = session.sparkContext
     if config.torch_threads is None:
         threads = _threads_per_task(sc.master or "", sc.defaultParallelism,
