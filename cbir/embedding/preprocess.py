@@ -157,11 +157,12 @@ def _decode(
 ) -> tuple[Image.Image, tuple[int, int]]:
     img = _open(data, limits)
     w, h = img.size  # before draft: the size the object really has
-    if _orientation(img) in _TRANSPOSING:
-        w, h = h, w
     _draft(img, draft_to)
     check_decoded_pixels(img, decoded_pixel_cap)
     _load(img)
+    # Only after load: PIL's PNG getexif() decodes the whole image to look for a late eXIf.
+    if _orientation(img) in _TRANSPOSING:
+        w, h = h, w
     # Malformed EXIF must not lose the image: keep it as stored.
     with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)

@@ -71,7 +71,7 @@ def test_auto_runtime_is_onnxruntime_on_cpu_and_torch_on_cuda() -> None:
     assert resolve_runtime("auto", "cuda:0") == "torch"
     assert resolve_runtime("torch", "cpu") == "torch"
     assert load_embedder("efficientnet_lite0", device="cpu").runtime == "onnxruntime"
-    with pytest.raises(InvalidArgument, match="unknown runtime 'tensorrt'.*onnxruntime"):
+    with pytest.raises(InvalidArgument, match=r"unknown runtime 'tensorrt'.*onnxruntime"):
         resolve_runtime("tensorrt", "cpu")
 
 
