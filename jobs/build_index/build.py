@@ -29,7 +29,7 @@ from cbir.schema import (
     write_manifest,
 )
 from jobs.build_index import manifest as manifests
-from jobs.build_index import reader, select, tune
+from jobs.build_index import reader, select, train_device, tune
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class BuildConfig:
     tune_queries: int = 500
     seed: int = 1234
     faiss_threads: int = 0  # per task; 0 = Faiss's default (all cores)
+    train_device: str = "auto"  # auto | cpu | cuda: where IVF k-means runs (train_device.py)
     # Build only this shard (one pod of a Kubernetes Indexed Job); None = every shard.
     shard_only: int | None = None
 
@@ -104,7 +105,7 @@ def train(dataset: reader.ds.Dataset, dim: int, factory: str, count: int,
         sample = reader.read_sample(dataset, dim, config.train_size / max(count, 1))
         log.info("training %s on %d sampled vectors", factory, len(sample))
         try:
-            index.train(sample)
+            train_device.train(index, sample, train_device.resolve(config.train_device))
         except RuntimeError as exc:
             raise errors.InvalidArgument(
                 f"cannot train {factory!r} on {len(sample)} vectors: {exc}"

@@ -7,6 +7,7 @@ import json
 
 from jobs.build_index.build import BuildConfig, build_index
 from jobs.build_index.select import GIB
+from jobs.build_index.train_device import TRAIN_DEVICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recall@10 the tuned nprobe/efSearch must reach")
     parser.add_argument("--train-size", type=int, default=200_000,
                         help="vectors sampled to train IVF/PQ")
+    parser.add_argument("--train-device", choices=TRAIN_DEVICES, default="auto",
+                        help="where IVF k-means trains: auto (the GPU when faiss-gpu sees one, "
+                             "else CPU) | cpu | cuda")
     parser.add_argument("--tune-queries", type=int, default=500)
     parser.add_argument("--faiss-threads", type=int, default=0,
                         help="OpenMP threads per shard task (0 = all cores)")
@@ -45,6 +49,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         train_size=args.train_size,
         tune_queries=args.tune_queries,
         faiss_threads=args.faiss_threads,
+        train_device=args.train_device,
         shard_only=args.shard_only,
     )
 
