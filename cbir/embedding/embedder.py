@@ -68,6 +68,12 @@ class Embedder:
             self._device_path = DeviceJpegPath(self.preprocess, limits, device, self.batch_size,
                                                runtime.run_tensor, self._embed_bytes_cpu)
 
+    @property
+    def decodes_on_device(self) -> bool:
+        """True on CUDA: ``embed_bytes`` decodes JPEGs on the GPU, so callers should hand it
+        the bytes instead of ``prepare``-d pixels."""
+        return self._device_path is not None
+
     @cached_property
     def pool(self) -> ThreadPoolExecutor:
         """Decode + preprocess threads, one per core: PIL releases the GIL while decoding."""

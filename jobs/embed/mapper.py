@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Outcome:
     ref: ObjectRef
-    result: Prepared | BadImage
+    result: Prepared | BadImage | bytes  # bytes: left for the GPU to decode
     nbytes: int | None
     retries: int = 0
 
@@ -67,6 +67,8 @@ def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits) -
         return Outcome(ref, BadImage("missing", "deleted after listing"), None)
     except reader.ObjectUnreadable as exc:  # permanent refusal: record, don't fail the task
         return Outcome(ref, BadImage(exc.reason, exc.detail), None)
+    if emb.decodes_on_device:  # CUDA: nvJPEG decodes the batch in _collect
+        return Outcome(ref, data, len(data), retries)
     return Outcome(ref, emb.try_prepare(data), len(data), retries)
 
 
@@ -75,6 +77,7 @@ def _collect(
     rows: PartRows, errors: ErrorRows, stats: MapStats,
 ) -> None:
     good: list[np.ndarray] = []
+    raw: list[Outcome] = []
     for out in outcomes:
         uri = task.uri(out.ref)
         stats.bytes_read += out.nbytes or 0
@@ -82,12 +85,31 @@ def _collect(
         if isinstance(out.result, BadImage):
             errors.add(uri, out.result.reason, out.result.detail, out.nbytes)
             continue
+        if isinstance(out.result, bytes):
+            raw.append(out)
+            continue
         rows.keys.append(uri)
         rows.sizes.append(out.result.size)
         rows.nbytes.append(out.nbytes or 0)
         good.append(out.result.pixels)
     if good:
         rows.vectors.append(emb.embed_pixels(np.stack(good)))
+    if raw:
+        _collect_on_device(task, raw, emb, rows, errors)
+
+
+def _collect_on_device(task: EmbedTask, raw: list[Outcome], emb: Embedder, rows: PartRows,
+                       errors: ErrorRows) -> None:
+    """Bytes decoded and embedded on the GPU in one batch; failures recorded like the rest."""
+    res = emb.embed_bytes([out.result for out in raw if isinstance(out.result, bytes)])
+    for index, reason, detail in res.failures:
+        errors.add(task.uri(raw[index].ref), reason, detail, raw[index].nbytes)
+    for index, size in zip(res.ok, res.sizes, strict=True):
+        rows.keys.append(task.uri(raw[index].ref))
+        rows.sizes.append(size)
+        rows.nbytes.append(raw[index].nbytes or 0)
+    if res.ok:
+        rows.vectors.append(res.vectors)
 
 
 def embed_task(config: BackfillConfig, task: EmbedTask) -> tuple[PartRows, ErrorRows, MapStats]:

@@ -110,3 +110,36 @@ def test_cuda_overlapped_batches_equal_single_batches(cat: Image.Image) -> None:
     finally:
         gpu.batch_size = saved
     assert np.abs(whole - split).max() < 1e-2
+
+
+def test_backfill_task_hands_bytes_to_the_device_decoder(
+    bucket: str, device_path: Embedder, cpu_path: Embedder, cat: Image.Image,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backfill task on an embedder that decodes on the device (CUDA; here the same code on
+    the CPU decoder) passes the fetched bytes through: same rows, sizes and errors as the CPU
+    path, vectors within the device path's tolerance."""
+    from cbir import storage
+    from jobs.embed import mapper
+    from jobs.embed.config import BackfillConfig, EmbedTask, ObjectRef
+
+    objects = {"a.jpg": _exif_jpeg(cat, 6), "b.png": odd.save(cat, "PNG"),
+               "c.jpg": odd.save(cat, "JPEG"), "bad.jpg": b"not a jpeg at all"}
+    for key, data in objects.items():
+        storage.s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+    task = EmbedTask("part-x.parquet", bucket,
+                     tuple(ObjectRef(k, len(v)) for k, v in objects.items()))
+    config = BackfillConfig(input=f"s3://{bucket}", output="unused", model=cpu_path.name,
+                            model_version=cpu_path.version, dim=cpu_path.dim)
+    results = {}
+    for name, emb in (("cpu", cpu_path), ("device", device_path)):
+        monkeypatch.setattr(mapper, "embedder_for", lambda *a, emb=emb: emb)
+        results[name] = mapper.embed_task(config, task)
+    (cpu_rows, cpu_err, _), (dev_rows, dev_err, _) = results["cpu"], results["device"]
+    assert sorted(dev_rows.keys) == sorted(cpu_rows.keys) and len(dev_rows.keys) == 3
+    assert dev_err.keys == cpu_err.keys == [f"s3://{bucket}/bad.jpg"]
+    cpu_vec = dict(zip(cpu_rows.keys, np.concatenate(cpu_rows.vectors), strict=True))
+    dev_vec = dict(zip(dev_rows.keys, np.concatenate(dev_rows.vectors), strict=True))
+    assert dict(zip(dev_rows.keys, dev_rows.sizes, strict=True)) == dict(
+        zip(cpu_rows.keys, cpu_rows.sizes, strict=True))
+    assert min(float(cpu_vec[k] @ dev_vec[k]) for k in cpu_vec) > 0.99
