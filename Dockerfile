@@ -20,7 +20,6 @@ COPY protos ./protos
 COPY jobs ./jobs
 COPY shard_server ./shard_server
 COPY coordinator ./coordinator
-COPY bench ./bench
 
 FROM build-base AS build-server
 RUN /opt/venv/bin/pip install -c constraints.txt .

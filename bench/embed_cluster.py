@@ -24,7 +24,7 @@ from bench.cluster import (
     write_embeddings_run,
     write_topology,
 )
-from cbir.processes import cbir_command, free_port
+from demo.processes import cbir_command, free_port
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def make_jpegs(count: int) -> list[bytes]:
     """``count`` JPEGs cycling through the bundled photos at the three sizes (quality 90)."""
     from PIL import Image
 
-    from cbir.photos import bundled_photos
+    from demo.photos import bundled_photos
 
     distinct = []
     for photo in bundled_photos()[:8]:

@@ -25,10 +25,10 @@ from cbir.embedding.result import EmbedResult
 from cbir.embedding.runtimes import OnnxRuntime, Pipeline, Runtime, TorchRuntime, resolve_runtime
 from cbir.errors import BadImage, FailedPrecondition
 from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.model_names import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "efficientnet_lite0"
 CPU_BATCH = 32
 
 

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbir.errors import FailedPrecondition, InvalidArgument
+from cbir.model_names import RUNTIME_NAMES
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = RUNTIME_NAMES
 
 
 class Runtime(Protocol):

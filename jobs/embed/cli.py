@@ -7,7 +7,7 @@ import json
 import sys
 
 from cbir.embedding import DEFAULT_MODEL
-from cbir.embedding.runtimes import RUNTIMES
+from cbir.model_names import RUNTIME_NAMES as RUNTIMES
 from jobs.embed.config import DEFAULT_IO_THREADS, DEFAULT_OBJECTS_PER_TASK
 from jobs.embed.distribute import ENGINES
 

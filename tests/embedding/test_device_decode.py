@@ -12,7 +12,7 @@ from PIL import Image
 
 from cbir.embedding import Embedder, load_embedder
 from cbir.embedding.gpu_decode import gpu_batch_size, orient
-from cbir.photos import bundled_photos
+from demo.photos import bundled_photos
 from tests.embedding import odd_images as odd
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -15,7 +15,7 @@ from cbir.embedding import Embedder, decode_image
 from cbir.embedding.preprocess import ALLOWED_FORMATS, PreprocessSpec, prepare_bytes
 from cbir.errors import BadImage
 from cbir.limits import DEFAULT_LIMITS
-from cbir.photos import bundled_photos
+from demo.photos import bundled_photos
 from tests.embedding import odd_images as odd
 from tests.fuzz.inputs import hostile_queries, png_zero_rows
 

@@ -13,7 +13,7 @@ import pytest
 from bench.embed_cluster import ImageCluster, image_cluster, reset_peak_rss, rss_kib
 from cbir.client import CoordinatorClient
 from cbir.errors import InvalidArgument
-from cbir.photos import bundled_photos, encode_jpeg
+from demo.photos import bundled_photos, encode_jpeg
 from tests.fuzz.inputs import hostile_queries
 
 pytestmark = pytest.mark.slow

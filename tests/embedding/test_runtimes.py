@@ -13,7 +13,7 @@ import torch
 from cbir.embedding import load_embedder, onnx_export
 from cbir.embedding.runtimes import resolve_runtime
 from cbir.errors import InvalidArgument
-from cbir.photos import encode_jpeg
+from demo.photos import encode_jpeg
 
 
 @pytest.fixture(autouse=True)
