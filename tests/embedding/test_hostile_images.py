@@ -62,7 +62,8 @@ def test_only_allowlisted_formats_are_opened(embedder: Embedder) -> None:
 
 def test_sixteen_bit_decode_holds_one_working_copy() -> None:
     """A 4000x4000 16-bit PNG within the backfill's limits: decoding it used to go through
-    int64 (3 x 128 MB copies); now the working set is the uint16 image + one copy."""
+    int64 (3 x 128 MB copies, ~430 MB peak with the image); now the uint16 image (32 MB), its
+    bytes, one uint16 and one uint8 copy and the RGB image (48 MB): ~160 MB."""
     data = png_zero_rows(4000, 4000, 0, 16)
     pid = os.getpid()
     reset_peak_rss(pid)
@@ -70,7 +71,7 @@ def test_sixteen_bit_decode_holds_one_working_copy() -> None:
     pixels = prepare_bytes(data, PreprocessSpec(), DEFAULT_LIMITS).pixels
     grew_mib = (rss_kib(pid, "VmHWM") - before) / 1024
     assert pixels.shape == (224, 224, 3) and int(pixels.max()) == 0
-    assert grew_mib < 100, f"16-bit 4000x4000 decode grew the peak RSS by {grew_mib:.0f} MiB"
+    assert grew_mib < 250, f"16-bit 4000x4000 decode grew the peak RSS by {grew_mib:.0f} MiB"
 
 
 def test_sixteen_bit_scale_is_unchanged() -> None:
