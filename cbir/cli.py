@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-coordinator": ("coordinator.cli", "fan queries out to every shard and merge top-K"),
     "index-pointer": ("shard_server.pointer_cli", "read or atomically flip an index pointer"),
     "query": ("cbir.query_cli", "query a coordinator by image file or image id"),
+    "serve-web": ("web.cli", "serve the web page and the HTTP/JSON API over a coordinator"),
 }
 
 
