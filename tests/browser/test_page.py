@@ -14,7 +14,7 @@ import pytest
 
 from cbir.ids import image_id
 from cbir.photos import edited_copies, encode_jpeg
-from tests.web.system import HTML_NAME, System
+from tests.web.system import HTML_NAME, System, web_missing_shard_1
 
 pytestmark = pytest.mark.slow
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "web.png"
@@ -132,4 +132,23 @@ def test_readable_on_a_phone(browser: Any, system: System, tmp_path: Path) -> No
                             ".gridTemplateColumns.split(' ').length")
     assert columns == 2
     page.screenshot(path=str(tmp_path / "web-phone.png"))
+    context.close()
+
+
+def test_a_partial_answer_shows_a_banner_naming_the_shard(browser: Any, system: System) -> None:
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    with web_missing_shard_1(system) as url:
+        # A link to "more like this" of a shard-0 image (an id query: this coordinator has
+        # no model), the way the page writes it into the address bar.
+        on_shard0 = next(k for k in system.keys.values() if image_id(k) % 2 == 0)
+        page.goto(f"{url}/?image_id={image_id(on_shard0)}")
+        banner = page.locator("#partial-banner")
+        banner.wait_for(state="visible")
+        assert "shard(s) 1 did not answer" in str(banner.text_content())
+        assert on_shard0 not in _keys(page)  # the query image itself is left out
+        assert all(image_id(k) % 2 == 0 for k in _keys(page))
+        page.reload()  # the dead replica is ejected by now: the status panel says so
+        page.wait_for_function("document.getElementById('status-shards').textContent"
+                               " === '2 (1 down)'")
     context.close()

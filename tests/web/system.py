@@ -16,7 +16,8 @@ import uvicorn
 
 from cbir import storage
 from cbir.photos import Photo, encode_jpeg
-from coordinator.config import CoordinatorConfig
+from cbir.processes import free_port
+from coordinator.config import BalancerConfig, CoordinatorConfig
 from coordinator.query_embedder import load_query_embedder
 from coordinator.server import CoordinatorServer
 from coordinator.topology import StaticTopology
@@ -135,3 +136,28 @@ def running_system(photos: list[Photo], **web_options: object) -> Iterator[Syste
         loop.close()
         for srv in shards:
             srv.stop()
+
+
+@contextmanager
+def web_missing_shard_1(system: System) -> Iterator[str]:
+    """A second coordinator (vector and id queries) whose shard 1 has no live replica, and a
+    web app over it: every answer is partial. Yields the web URL."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens here
+    topology = StaticTopology({0: (system.shard_addresses[0],), 1: (dead,)})
+    config = CoordinatorConfig(num_shards=SHARDS, port=0, image_queries=False,
+                               balancer=BalancerConfig(reprobe_interval_s=0.2,
+                                                       eject_after_failures=1))
+
+    async def start() -> CoordinatorServer:
+        server = CoordinatorServer(config, topology, None)
+        await server.start()
+        await asyncio.wait_for(server.ready.wait(), 30)
+        return server
+
+    coordinator = system.loop.run(start())
+    web = WebThread(WebConfig(coordinator=f"127.0.0.1:{coordinator.port}")).start()
+    try:
+        yield web.url
+    finally:
+        web.close()
+        system.loop.run(coordinator.stop(0))

@@ -3,45 +3,22 @@ and /api/info names the shard."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from cbir.ids import image_id
-from cbir.processes import free_port
-from coordinator.config import BalancerConfig, CoordinatorConfig
-from coordinator.server import CoordinatorServer
-from coordinator.topology import StaticTopology
 from tests.coordinator.harness import wait_for
-from tests.web.system import System, WebThread
-from web.config import WebConfig
+from tests.web.system import System, web_missing_shard_1
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def half_web(system: System) -> Iterator[str]:
-    dead = f"127.0.0.1:{free_port()}"  # nothing listens here: shard 1 has no live replica
-    topology = StaticTopology({0: (system.shard_addresses[0],), 1: (dead,)})
-    config = CoordinatorConfig(num_shards=2, port=0, image_queries=False,
-                               balancer=BalancerConfig(reprobe_interval_s=0.2,
-                                                       eject_after_failures=1))
-
-    async def start() -> CoordinatorServer:
-        server = CoordinatorServer(config, topology, None)
-        await server.start()
-        await asyncio.wait_for(server.ready.wait(), 30)
-        return server
-
-    coordinator = system.loop.run(start())
-    web = WebThread(WebConfig(coordinator=f"127.0.0.1:{coordinator.port}")).start()
-    try:
-        yield web.url
-    finally:
-        web.close()
-        system.loop.run(coordinator.stop(0))
+    with web_missing_shard_1(system) as url:
+        yield url
 
 
 def test_a_partial_answer_names_the_missing_shard(half_web: str, system: System) -> None:

@@ -123,6 +123,7 @@ async function search(request) {
 
 function searchFile(file) {
   if (!file) return;
+  history.replaceState(null, "", location.pathname);
   showQuery("Images like " + (file.name || "the pasted image"), URL.createObjectURL(file));
   const form = new FormData();
   form.append("image", file);
@@ -130,13 +131,27 @@ function searchFile(file) {
   search({ body: form });
 }
 
-function moreLikeThis(hit) {
-  showQuery("More like " + hit.key, null);
+function searchById(idString) {
   search({
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ image_id: hit.image_id_str, k: k(), exclude_query_image: true }),
+    body: JSON.stringify({ image_id: idString, k: k(), exclude_query_image: true }),
   });
+}
+
+function moreLikeThis(hit) {
+  showQuery("More like " + hit.key, null);
+  // A link that reopens this query: ?image_id=<exact id string>.
+  history.replaceState(null, "", "?image_id=" + encodeURIComponent(hit.image_id_str));
+  searchById(hit.image_id_str);
   $("query").scrollIntoView({ block: "nearest" });
+}
+
+function searchFromAddress() {
+  const id = new URLSearchParams(location.search).get("image_id");
+  if (id && /^[0-9]{1,19}$/.test(id)) {
+    showQuery("More like image " + id, null);
+    searchById(id);
+  }
 }
 
 function wireDropZone() {
@@ -173,3 +188,4 @@ function wireTokenForm() {
 wireDropZone();
 wireTokenForm();
 loadStatus();
+searchFromAddress();
