@@ -21,7 +21,6 @@ COPY protos ./protos
 COPY jobs ./jobs
 COPY shard_server ./shard_server
 COPY coordinator ./coordinator
-COPY bench ./bench
 COPY web ./web
 
 FROM build-base AS build-server

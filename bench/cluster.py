@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from cbir import storage
 from cbir.ids import image_id, shards_of
-from cbir.processes import ChildProcesses, cbir_command, free_port
 from cbir.schema import EMBED_MANIFEST, EmbedManifest, embeddings_schema, write_manifest
+from demo.processes import ChildProcesses, cbir_command, free_port
 
 BENCH_MODEL = "glove-6b-50d"
 BENCH_MODEL_VERSION = "glove-6b-50d-v1"

@@ -31,7 +31,7 @@ SIZES = ((640, 480), (1920, 1080))
 def make_images(copies: int) -> dict[str, bytes]:
     import io
 
-    from cbir.photos import bundled_photos
+    from demo.photos import bundled_photos
 
     photos = bundled_photos()
     if harness.smoke():

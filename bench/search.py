@@ -248,7 +248,7 @@ def photo_set(with_edits: bool) -> VectorSet:
     """Real photos: originals (plus, in full runs, crop/rotate/flip edits) are the base; the
     colour and JPEG-quality edits are the held-out queries."""
     from cbir.embedding import load_embedder
-    from cbir.photos import bundled_photos, edited_copies, encode_jpeg
+    from demo.photos import bundled_photos, edited_copies, encode_jpeg
 
     photos = bundled_photos()
     base_bytes, query_bytes = [], []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,10 @@ class CoordinatorInfo:
     metric: str
     index_version: str
     live_replicas: dict[int, int]
+    replicas: dict[int, int] = field(default_factory=dict)  # known, in rotation or ejected
+    shard_counts: dict[int, int] = field(default_factory=dict)
+    shard_index_versions: dict[int, str] = field(default_factory=dict)
+    requests_served: int = 0
 
 
 def _image_bytes(image: bytes | str | Path) -> bytes:
@@ -120,16 +124,20 @@ def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
         num_shards=reply.num_shards, dim=reply.dim, model=reply.model,
         model_version=reply.model_version, metric=reply.metric,
         index_version=reply.index_version, live_replicas=dict(reply.live_replicas),
+        replicas=dict(reply.replicas), shard_counts=dict(reply.shard_counts),
+        shard_index_versions=dict(reply.shard_index_versions),
+        requests_served=reply.requests_served,
     )
 
 
 @contextlib.contextmanager
-def _cbir_errors(address: str) -> Iterator[None]:
+def _cbir_errors(address: str, security: ClientSecurity | None) -> Iterator[None]:
     """gRPC errors (sync or aio) as the cbir error their status stands for."""
     try:
         yield
     except grpc.RpcError as exc:
-        raise error_from_rpc(exc, address) from None
+        secure = security is not None and security.tls is not None
+        raise error_from_rpc(exc, address, secure) from None
 
 
 class CoordinatorClient:
@@ -144,6 +152,7 @@ class CoordinatorClient:
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.security = security
         self._channel = sync_channel(address, limits, security)
         self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
 
@@ -167,12 +176,12 @@ class CoordinatorClient:
         return self._search(request, timeout_s)
 
     def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = self._stub.Info(cbir_pb2.InfoRequest(), timeout=timeout_s or self.timeout_s)
         return _info(reply)
 
     def _search(self, request: cbir_pb2.SearchRequest, timeout_s: float | None) -> SearchResult:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = self._stub.Search(request, timeout=timeout_s or self.timeout_s)
         return _result(reply)
 
@@ -198,6 +207,7 @@ class AsyncCoordinatorClient:
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.security = security
         self._channel = aio_channel(address, limits, security)
         self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
 
@@ -221,7 +231,7 @@ class AsyncCoordinatorClient:
         return await self._search(request, timeout_s)
 
     async def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = await self._stub.Info(cbir_pb2.InfoRequest(),
                                           timeout=timeout_s or self.timeout_s)
         return _info(reply)
@@ -229,7 +239,7 @@ class AsyncCoordinatorClient:
     async def _search(
         self, request: cbir_pb2.SearchRequest, timeout_s: float | None
     ) -> SearchResult:
-        with _cbir_errors(self.address):
+        with _cbir_errors(self.address, self.security):
             reply = await self._stub.Search(request, timeout=timeout_s or self.timeout_s)
         return _result(reply)
 

@@ -1,4 +1,4 @@
-"""Stable image ids and shard assignment (see DESIGN.md, data contracts)."""
+"""Stable image ids and shard assignment (docs/architecture.md, "Data contracts")."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cbir.options import option
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -14,7 +16,9 @@ class Limits:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000  # decompression-bomb guard (PIL's is ~89M)
     max_deadline_s: float = 60.0
-    default_deadline_s: float = 10.0
+    # The one limit an operator sets per coordinator (--deadline-ms); the rest are hard caps.
+    default_deadline_s: float = option(10.0, flag="--deadline-ms", scale=0.001, positive=True,
+                                       metavar="MS", help="deadline of requests that set none")
 
 
 DEFAULT_LIMITS = Limits()

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
+from typing import Any
 
 from cbir.client import CoordinatorClient, SearchResult
-from cbir.errors import InvalidArgument
+from cbir.options import add_options, build, option
 from cbir.rpc.security import add_security_arguments, client_security_from_args
 
 
+@dataclass(frozen=True)
+class QueryOptions:
+    coordinator: str = option(required=True, metavar="HOST:PORT", help="the coordinator")
+    k: int = option(10, positive=True, help="number of hits")
+    exclude_self: bool = option(False,
+                                help="with --image-id: leave the query image out of the hits")
+    nprobe: int = option(0, non_negative=True, help="IVF lists probed (0 = default)")
+    ef_search: int = option(0, non_negative=True, help="HNSW efSearch (0 = default)")
+    timeout: float = option(10.0, positive=True, metavar="S", help="seconds before giving up")
+    json: bool = option(False, help="print the result as JSON (image ids also as strings: "
+                                    "image_id_str)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--coordinator", required=True, metavar="HOST:PORT")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("image", nargs="?", metavar="IMAGE_PATH", help="query image file")
     what.add_argument("--image-id", type=int, metavar="ID", help="query by an indexed image")
-    parser.add_argument("--k", type=int, default=10, help="number of hits (default 10)")
-    parser.add_argument("--exclude-self", action="store_true",
-                        help="with --image-id: leave the query image out of the hits")
-    parser.add_argument("--nprobe", type=int, default=0, help="IVF lists probed (0 = default)")
-    parser.add_argument("--ef-search", type=int, default=0, help="HNSW efSearch (0 = default)")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                        help="seconds before giving up (default 10)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_options(parser, QueryOptions)
     add_security_arguments(parser, server=False)
 
 
@@ -42,22 +49,26 @@ def format_table(result: SearchResult) -> str:
     return "\n".join(lines)
 
 
+def to_json(result: SearchResult) -> dict[str, Any]:
+    """``SearchResult.to_json()`` plus ``image_id_str`` per hit: ids are 63-bit integers, which
+    jq and JavaScript round to 53 bits; the string keeps every digit."""
+    data = result.to_json()
+    for hit in data["hits"]:
+        hit["image_id_str"] = str(hit["image_id"])
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.k <= 0:
-        raise InvalidArgument(f"--k must be positive, got {args.k}")
-    if args.timeout <= 0:
-        raise InvalidArgument(f"--timeout must be positive, got {args.timeout}")
-    common = {"nprobe": args.nprobe, "ef_search": args.ef_search, "timeout_s": args.timeout}
+    opts: QueryOptions = build(QueryOptions, args)
+    common: dict[str, Any] = {"nprobe": opts.nprobe, "ef_search": opts.ef_search,
+                              "timeout_s": opts.timeout}
     with CoordinatorClient(
-        args.coordinator, timeout_s=args.timeout, security=client_security_from_args(args)
+        opts.coordinator, timeout_s=opts.timeout, security=client_security_from_args(args)
     ) as client:
         if args.image_id is not None:
-            result = client.search_id(args.image_id, args.k,
-                                      exclude_query_image=args.exclude_self, **common)
+            result = client.search_id(args.image_id, opts.k,
+                                      exclude_query_image=opts.exclude_self, **common)
         else:
-            result = client.search_image(args.image, args.k, **common)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        print(format_table(result))
+            result = client.search_image(args.image, opts.k, **common)
+    print(json.dumps(to_json(result)) if opts.json else format_table(result))
     return 0

@@ -223,3 +223,59 @@ def delete(uri: str) -> None:
         return
     Path(uri).unlink(missing_ok=True)
 
+
+
+def create_if_absent(uri: str, data: bytes) -> bool:
+    """Create ``uri`` with ``data`` only if nothing exists there yet, atomically: True if this
+    call created it, False if an object was already there (or another writer is creating it).
+    S3: a conditional PUT (``If-None-Match: *``); locally: a fully written temp file hard-linked
+    into place (``link`` fails if the name exists). This is what orders concurrent writers."""
+    if is_s3(uri):
+        return _s3_create_if_absent(parse_s3(uri), data)
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _s3_create_if_absent(loc: S3Location, data: bytes) -> bool:
+    client = s3_client()
+    try:
+        client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, IfNoneMatch="*")
+        return True
+    except client.exceptions.ClientError as exc:
+        # 412: the object exists; 409: a concurrent conditional write to the same key is in flight.
+        if exc.response.get("Error", {}).get("Code") in (
+            "PreconditionFailed", "ConditionalRequestConflict"
+        ):
+            return False
+        raise
+
+
+def list_names_after(uri: str, after: str = "") -> Iterator[str]:
+    """Relative names under a prefix/directory that sort after ``after``, in ascending order
+    (S3 lists keys in UTF-8 binary order; ``StartAfter`` skips the rest without listing it)."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
+        paginator = s3_client().get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=loc.bucket, Prefix=prefix, StartAfter=prefix + after)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(prefix) :]
+        return
+    root = Path(uri)
+    if not root.is_dir():
+        return
+    names = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    yield from (name for name in names if name > after)

@@ -1,19 +1,29 @@
-"""The coordinator's configuration: one frozen dataclass built at the entry point."""
+"""The coordinator's configuration: one frozen dataclass built at the entry point.
+
+A field declared with ``option(...)`` is also a ``serve-coordinator`` flag and a ``CBIR_*``
+environment variable (``cbir.options``); its default here is the only one.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.model_names import DEFAULT_MODEL, MODEL_NAMES
+from cbir.options import nested, option
 from cbir.rpc.security import ClientSecurity, ServerSecurity
 
 
 @dataclass(frozen=True)
 class BalancerConfig:
     # Consecutive UNAVAILABLE / DEADLINE_EXCEEDED answers that take a replica out of rotation.
-    eject_after_failures: int = 3
+    eject_after_failures: int = option(
+        3, flag="--eject-after", positive=True,
+        help="consecutive failures that take a replica out of rotation")
     # How often an ejected replica is health-checked to bring it back.
-    reprobe_interval_s: float = 1.0
+    reprobe_interval_s: float = option(
+        1.0, flag="--reprobe-interval", positive=True, metavar="S",
+        help="seconds between health checks of an ejected replica")
     # Weight of the newest latency sample in the EWMA.
     ewma_alpha: float = 0.3
     # Legacy: when set, a latency sample this old counts for ~37% (e^-1) and fades towards the
@@ -25,43 +35,69 @@ class BalancerConfig:
     # without real queries waiting on it. 0 = never.
     probe_stale_after_s: float = 1.0
     # "p2c" (power of two choices on in-flight x latency) or "round-robin" (a baseline).
-    policy: str = "p2c"
+    # (coordinator.balancer.BALANCERS has one class per name; a test keeps them equal.)
+    policy: str = option("p2c", flag="--balancer", choices=("p2c", "round-robin"),
+                         help="replica choice per shard (round-robin: a baseline, no latency "
+                              "awareness)")
 
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
-    num_shards: int
-    topology_file: str | None = None
-    shard_dns: str | None = None  # e.g. "shard-{shard}.cbir.svc.cluster.local:50051"
-    dns_server: str | None = None  # "HOST:PORT"; system resolver when None
-    resolve_interval_s: float = 10.0
-    host: str = "127.0.0.1"
-    port: int = 50052
-    model: str = "efficientnet_lite0"
-    weights: str | None = None
-    device: str | None = None
-    image_queries: bool = True
-    hedge_after_ms: float | None = None
+    # With --topology the file's shard count; with --shard-dns the flag.
+    num_shards: int = option(flag="--shards", positive=True,
+                             help="number of shards (with --shard-dns)")
+    topology_file: str | None = option(None, flag="--topology", mutex="where", required=True,
+                                       metavar="FILE",
+                                       help='JSON {"shards": {"0": ["host:port", ...], ...}}')
+    shard_dns: str | None = option(
+        None, mutex="where", required=True, metavar="TEMPLATE",
+        help="per-shard DNS name with port, e.g. shard-{shard}.cbir.svc.cluster.local:50051 "
+             "(every A record is a replica); needs --shards")
+    # None = the system resolver.
+    dns_server: str | None = option(None, metavar="HOST:PORT",
+                                    help="ask this DNS server instead of the system resolver")
+    resolve_interval_s: float = option(10.0, flag="--resolve-interval", positive=True,
+                                       metavar="S", help="seconds between re-resolving replicas")
+    host: str = option("127.0.0.1", help="address to listen on")
+    port: int = option(50052, non_negative=True, help="0 = any free port")
+    model: str = option(DEFAULT_MODEL, choices=MODEL_NAMES,
+                        help="query embedding model; must be the one the index was built with")
+    weights: str | None = option(None, help="model weights path or s3:// URI")
+    device: str | None = option(None,
+                                help="torch device for the query embedder (default: auto)")
+    image_queries: bool = option(True, help="serve vector and image-id queries only (no torch "
+                                            "needed)")
+    hedge_after_ms: float | None = option(
+        None, non_negative=True, metavar="MS",
+        help="send a second call to another replica of a shard that has not answered after MS "
+             "milliseconds (default: adaptive, after the shard's recent p95 latency)")
     # Without a fixed --hedge-after-ms: hedge a shard call after the shard's recent p95 latency
     # (at least hedge_min_ms), once enough samples exist. False = no hedging.
-    adaptive_hedge: bool = True
+    adaptive_hedge: bool = option(True, help="no hedging unless --hedge-after-ms is given")
     hedge_quantile: float = 0.95
     hedge_min_ms: float = 2.0
     # Cross-query micro-batching: concurrent pinned vector queries with the same (k, params,
     # version) share one ShardSearchRequest per shard. At most this many batch calls per live
     # replica are in flight per shard; what queues meanwhile goes in the next one. 0 = off.
-    batch_in_flight_per_replica: int = 1
+    batch_in_flight_per_replica: int = option(
+        1, flag="--batch-in-flight", non_negative=True, metavar="N",
+        help="batched shard calls in flight per live replica; queries that queue meanwhile "
+             "share the next call (0 = one call per query)")
     max_batch: int = 64
     # Kept back from the caller's deadline so the merged answer leaves before it expires.
     deadline_margin_s: float = 0.02
     probe_timeout_s: float = 1.0
     stats_interval_s: float = 30.0
     # How often every live replica is asked which index versions it holds (version pinning).
-    version_interval_s: float = 1.0
-    drain_grace_s: float = 5.0
-    metrics_port: int | None = None
-    balancer: BalancerConfig = field(default_factory=BalancerConfig)
-    limits: Limits = DEFAULT_LIMITS
+    version_interval_s: float = option(
+        1.0, flag="--version-interval", positive=True, metavar="S",
+        help="seconds between asking every replica which index versions it holds")
+    drain_grace_s: float = option(5.0, flag="--drain-grace", non_negative=True, metavar="S",
+                                  help="seconds in-flight calls get to finish on SIGTERM")
+    metrics_port: int | None = option(None, non_negative=True,
+                                      help="serve Prometheus metrics on this port")
+    balancer: BalancerConfig = nested(BalancerConfig)
+    limits: Limits = nested(lambda: DEFAULT_LIMITS)
     # TLS / bearer tokens callers must present, and how the coordinator dials its shards.
     security: ServerSecurity = field(default_factory=ServerSecurity)
     shard_security: ClientSecurity = field(default_factory=ClientSecurity)

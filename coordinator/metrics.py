@@ -65,5 +65,10 @@ class CoordinatorMetrics:
             registry=r,
         )
 
+    def requests_served(self) -> int:
+        """Search requests answered so far, every query type and status code."""
+        return int(sum(sample.value for metric in self.requests.collect()
+                       for sample in metric.samples if sample.name.endswith("_total")))
+
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)

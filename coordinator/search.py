@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -42,6 +42,9 @@ class ClusterInfo:
     model_versions: frozenset[str]
     index_version: str
     reporting_shards: tuple[int, ...]
+    # Per shard, from its last Stats (for Info).
+    counts: Mapping[int, int] = field(default_factory=dict)
+    versions: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ def cluster_info(num_shards: int, stats: Mapping[int, cbir_pb2.StatsResponse]) -
         model_versions=frozenset(s.model_version for s in values),
         index_version=majority([s.index_version for s in values]),
         reporting_shards=tuple(sorted(stats)),
+        counts={shard: s.count for shard, s in stats.items()},
+        versions={shard: s.index_version for shard, s in stats.items()},
     )
 
 

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from cbir.rpc.auth import BearerTokenInterceptor
+from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.security import server_credentials
 from cbir.rpc.serving import Serving
 from coordinator.config import CoordinatorConfig
@@ -194,5 +194,7 @@ async def serve(config: CoordinatorConfig) -> None:
     server = CoordinatorServer(
         config, topology_source(config), default_embedder_factory(config)
     )
-    await server.start()
+    port = await server.start()
+    # The CLI's contract, like the shard's: scripts and tests started with --port 0 read it.
+    print(f"listening on {config.host}:{port}", flush=True)
     await server.run_until_signal()

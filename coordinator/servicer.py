@@ -164,4 +164,8 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
             metric=info.metric,
             index_version=self.search.fanout.pinned_version() or info.index_version,
             live_replicas=self.search.fanout.live_counts(),
+            replicas={s: len(b.replicas) for s, b in self.search.fanout.balancers.items()},
+            shard_counts=dict(info.counts),
+            shard_index_versions=dict(info.versions),
+            requests_served=self.metrics.requests_served(),
         )

@@ -77,7 +77,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions")
+    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target")
     class SearchParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,9 @@ class StatsResponse(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUERIES_SERVED_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_URI_FIELD_NUMBER: _ClassVar[int]
+    INDEX_POINTER_FIELD_NUMBER: _ClassVar[int]
+    POINTER_TARGET_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_shards: int
     count: int
@@ -111,7 +114,10 @@ class StatsResponse(_message.Message):
     memory_bytes: int
     queries_served: int
     held_versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    index_uri: str
+    index_pointer: str
+    pointer_target: str
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ...) -> None: ...
 
 class LoadIndexRequest(_message.Message):
     __slots__ = ("index_uri",)
@@ -188,7 +194,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("num_shards", "dim", "model", "model_version", "metric", "index_version", "live_replicas")
+    __slots__ = ("num_shards", "dim", "model", "model_version", "metric", "index_version", "live_replicas", "replicas", "shard_counts", "shard_index_versions", "requests_served")
     class LiveReplicasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +202,27 @@ class InfoResponse(_message.Message):
         key: int
         value: int
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class ReplicasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class ShardCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class ShardIndexVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +230,10 @@ class InfoResponse(_message.Message):
     METRIC_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     LIVE_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_SERVED_FIELD_NUMBER: _ClassVar[int]
     num_shards: int
     dim: int
     model: str
@@ -210,4 +241,8 @@ class InfoResponse(_message.Message):
     metric: str
     index_version: str
     live_replicas: _containers.ScalarMap[int, int]
-    def __init__(self, num_shards: _Optional[int] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., metric: _Optional[str] = ..., index_version: _Optional[str] = ..., live_replicas: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    replicas: _containers.ScalarMap[int, int]
+    shard_counts: _containers.ScalarMap[int, int]
+    shard_index_versions: _containers.ScalarMap[int, str]
+    requests_served: int
+    def __init__(self, num_shards: _Optional[int] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., metric: _Optional[str] = ..., index_version: _Optional[str] = ..., live_replicas: _Optional[_Mapping[int, int]] = ..., replicas: _Optional[_Mapping[int, int]] = ..., shard_counts: _Optional[_Mapping[int, int]] = ..., shard_index_versions: _Optional[_Mapping[int, str]] = ..., requests_served: _Optional[int] = ...) -> None: ...

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cbir.options import option
 from shard_server.index_store import LoadedIndex
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,13 @@ GroupKey = tuple[int, int, tuple[tuple[str, int], ...]]
 
 @dataclass(frozen=True)
 class BatchConfig:
-    enabled: bool = True
-    window_s: float = 0.0  # extra wait for more requests once the queue is drained
-    max_rows: int = 256  # query vectors per Faiss call
+    enabled: bool = option(True, flag="--no-batching",
+                           help="one Faiss call per query (no micro-batching)")
+    window_s: float = option(0.0, flag="--batch-window-ms", scale=0.001, non_negative=True,
+                             metavar="MS", help="extra wait to batch concurrent queries "
+                             "(queued ones always batch)")
+    max_rows: int = option(256, flag="--batch-max-rows", positive=True,
+                           help="query vectors per Faiss call")
 
 
 @dataclass

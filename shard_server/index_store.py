@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from cbir import index_layout, storage
 from cbir.errors import FailedPrecondition, ModelMismatch, NotFound, Unavailable
+from cbir.options import option
 from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,10 @@ CHUNK = 8 * 1024 * 1024
 class Expectations:
     """What the coordinator serves; an index built otherwise is refused."""
 
-    dim: int | None = None
-    model_version: str | None = None
+    dim: int | None = option(None, flag="--expect-dim", positive=True,
+                             help="refuse an index of another dim")
+    model_version: str | None = option(None, flag="--expect-model-version",
+                                       help="refuse an index built with another model version")
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,7 @@ import numpy as np
 from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from cbir.faiss_params import EF_SEARCH, search_parameters
 from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.options import nested, option
 from shard_server.batcher import BatchConfig, MicroBatcher
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
 
@@ -44,16 +45,24 @@ class VectorsResult:
 
 @dataclass(frozen=True)
 class SearcherConfig:
-    shard: int
-    expect: Expectations = field(default_factory=Expectations)
+    shard: int = option(required=True, non_negative=True, help="which shard to serve")
+    expect: Expectations = nested(Expectations)
     default_params: dict[str, int] = field(default_factory=dict)  # overrides the manifest's
     limits: Limits = DEFAULT_LIMITS
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    threads: int = 2
-    faiss_threads: int = 0  # OpenMP threads per Faiss call (process-wide); 0 = Faiss's default
+    batch: BatchConfig = nested(BatchConfig)
+    threads: int = option(2, flag="--search-threads", positive=True,
+                          help="threads running Faiss searches")
+    # OpenMP threads per Faiss call (process-wide).
+    faiss_threads: int = option(0, non_negative=True, metavar="N",
+                                help="OpenMP threads per Faiss call (0 = Faiss's default, "
+                                     "one per core)")
     # After a swap, the previous version keeps answering searches pinned to it this long, so a
-    # coordinator can finish a roll across shards without partial answers (0 = free at once).
-    keep_previous_s: float = 0.0
+    # coordinator can finish a roll across shards without partial answers. The served default
+    # (the CLI's) is the one default: a config built in code behaves like the server.
+    keep_previous_s: float = option(120.0, flag="--keep-previous-seconds", non_negative=True,
+                                    metavar="S",
+                                    help="after a swap, keep answering queries pinned to the "
+                                         "previous version this long (0 = free it at once)")
 
 
 def decode_queries(data: bytes, dim: int, index_dim: int, limits: Limits) -> np.ndarray:

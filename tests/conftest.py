@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cbir.processes import free_port
+from demo.processes import free_port
 
 __all__ = ["free_port"]  # tests import it from here
 
@@ -66,7 +66,7 @@ def spark(s3_endpoint: str) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def photos() -> list[object]:
-    from cbir.photos import bundled_photos
+    from demo.photos import bundled_photos
 
     return list(bundled_photos())
 

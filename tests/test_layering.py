@@ -1,6 +1,6 @@
-"""The layering in DESIGN.md, enforced: cbir/ never imports the jobs or servers, and imports
-grpc/pyspark only in cbir/rpc/, cbir/client.py and cbir/cli.py; the shard server never needs
-torch or pyspark."""
+"""The layering in docs/architecture.md, enforced: cbir/ never imports the jobs or servers, and
+imports grpc/pyspark only in cbir/rpc/, cbir/client.py and cbir/cli.py; the shard server never
+needs torch or pyspark."""
 
 from __future__ import annotations
 
@@ -88,3 +88,17 @@ def test_web_uses_only_the_core_and_needs_no_torch() -> None:
         or n.startswith("cbir.embedding")
     ]
     assert _files("web") and not offenders, offenders
+
+
+def test_product_never_imports_demo_bench_or_tests() -> None:
+    """Demo, benchmark and test helpers stay out of what servers and jobs import (and so out of
+    the images); only the CLI's lazy `demo` dispatch names the demo package."""
+    offenders = [
+        f"{p.relative_to(ROOT)}: {n}"
+        for pkg in ("cbir", *UPPER)
+        for p in _files(pkg)
+        if p != ROOT / "cbir" / "cli.py"
+        for n in _imports(p)
+        if _top(n) in ("demo", "bench", "tests")
+    ]
+    assert not offenders, offenders

@@ -50,6 +50,9 @@ def info_json(info: CoordinatorInfo) -> dict[str, Any]:
     return {
         "num_shards": info.num_shards,
         "live_replicas": {str(s): n for s, n in sorted(info.live_replicas.items())},
+        "replicas": {str(s): n for s, n in sorted(info.replicas.items())},
+        "images": {str(s): n for s, n in sorted(info.shard_counts.items())},
+        "total_images": sum(info.shard_counts.values()),
         "shards_without_replicas": [s for s in range(info.num_shards)
                                     if info.live_replicas.get(s, 0) == 0],
         "index_version": info.index_version, "model": info.model,
@@ -79,10 +82,10 @@ def api_router(config: WebConfig, images: ImageService, metrics: WebMetrics) -> 
         if size == "full":
             image = await images.full(key)
         else:
-            hits = images.cache_hits
+            hits = images.thumbs.hits
             image = await images.thumbnail(image_id, key)
-            metrics.thumb_cache_hits.inc(images.cache_hits - hits)
-            metrics.thumb_cache_bytes.set(images.thumbs.size)
+            metrics.thumb_cache_hits.inc(images.thumbs.hits - hits)
+            metrics.thumb_cache_bytes.set(images.thumbs.stats().bytes)
         return Response(image.data, media_type=image.content_type,
                         headers={"Cache-Control": "private, max-age=300"})
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from cbir import storage
+from cbir.cache import ByteBudgetCache
 from cbir.client import AsyncCoordinatorClient
 from cbir.errors import CbirError, NotFound, ResourceExhausted
 from cbir.ids import ID_MASK, image_id
@@ -31,35 +31,6 @@ class StoredImageUnreadable(CbirError):
 class ImageBytes:
     data: bytes
     content_type: str
-
-
-class ByteLru:
-    """A least-recently-used cache bounded by the total size of its values (event loop only)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._items: OrderedDict[tuple[int, str], ImageBytes] = OrderedDict()
-
-    def get(self, key: tuple[int, str]) -> ImageBytes | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: tuple[int, str], item: ImageBytes) -> None:
-        if len(item.data) > self.max_bytes:
-            return
-        old = self._items.pop(key, None)
-        self.size -= len(old.data) if old else 0
-        self._items[key] = item
-        self.size += len(item.data)
-        while self.size > self.max_bytes:
-            _, evicted = self._items.popitem(last=False)
-            self.size -= len(evicted.data)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def check_image_id(value: int) -> int:
@@ -124,13 +95,14 @@ def make_thumbnail(data: bytes, longest_side: int, limits: Limits) -> bytes:
 
 
 class ImageService:
-    """``GET /api/images/{id}``: full images are streamed from S3; thumbnails are cached."""
+    """``GET /api/images/{id}``: full images are read from S3; thumbnails are cached (LRU)."""
 
     def __init__(self, limits: Limits, thumb_px: int, cache_bytes: int) -> None:
         self.limits = limits
         self.thumb_px = thumb_px
-        self.thumbs = ByteLru(cache_bytes)
-        self.cache_hits = 0
+        # Keyed by (id, key): an id's key never changes (the id is its hash).
+        self.thumbs: ByteBudgetCache[ImageBytes] = ByteBudgetCache(
+            cache_bytes, lambda item: len(item.data))
 
     async def full(self, key: str) -> ImageBytes:
         data = await asyncio.to_thread(read_object, key, self.limits)
@@ -139,7 +111,6 @@ class ImageService:
     async def thumbnail(self, wanted: int, key: str) -> ImageBytes:
         cached = self.thumbs.get((wanted, key))
         if cached is not None:
-            self.cache_hits += 1
             return cached
         data = await asyncio.to_thread(read_object, key, self.limits)
         thumb = await asyncio.to_thread(make_thumbnail, data, self.thumb_px, self.limits)

@@ -24,10 +24,10 @@ from cbir.embedding import models
 from cbir.embedding.preprocess import Prepared, PreprocessSpec, prepare_bytes, prepare_image
 from cbir.errors import BadImage, FailedPrecondition
 from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.model_names import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "efficientnet_lite0"
 CPU_BATCH = 32
 GPU_BATCH = 256
 

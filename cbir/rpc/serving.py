@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cbir import errors
 from cbir.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,25 @@ def server_options(limits: Limits = DEFAULT_LIMITS) -> list[tuple[str, int]]:
     ]
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """One clear error before gRPC tries (its own failure is a log line and a RuntimeError):
+    the port is taken, or the host is not an address of this machine."""
+    bare = host.strip("[]")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(bare, port,
+                                                              type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise errors.InvalidArgument(f"cannot listen on {host}:{port}: unknown host") from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            reason = ("the port is in use (another server? pick another --port, or 0 for any "
+                      "free port)" if exc.errno == errno.EADDRINUSE else exc.strerror)
+            raise errors.FailedPrecondition(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
 class Serving:
     """A grpc.aio server plus its health servicer; ``start`` returns the bound port."""
 
@@ -56,12 +78,16 @@ class Serving:
 
     def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
         address = f"{host}:{port}"
-        if credentials is None:
-            bound = self.server.add_insecure_port(address)
-        else:
-            bound = self.server.add_secure_port(address, credentials)
+        check_can_listen(host, port)
+        try:
+            if credentials is None:
+                bound = self.server.add_insecure_port(address)
+            else:
+                bound = self.server.add_secure_port(address, credentials)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise OSError(f"could not bind {address}")
+            raise errors.FailedPrecondition(f"cannot listen on {address}")
         return bound
 
     async def set_serving(self, serving: bool) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cbir.photos import Photo
+from demo.photos import Photo
 from tests.web.system import System, running_system
 
 CHROMIUM = Path("/usr/bin/chromium")

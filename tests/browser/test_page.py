@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cbir.ids import image_id
-from cbir.photos import edited_copies, encode_jpeg
+from demo.photos import edited_copies, encode_jpeg
 from tests.web.system import HTML_NAME, System, web_missing_shard_1
 
 pytestmark = pytest.mark.slow
@@ -62,6 +62,7 @@ def test_upload_an_edited_photo_then_more_like_this(page: Any, system: System,
     assert float(first.locator(".score").text_content()) > 0.8
     assert page.locator("#partial-banner").is_hidden()
     assert page.locator("#status-version").text_content() not in ("", "…", "none")
+    assert page.locator("#status-images").text_content() == str(len(system.keys))
     _wait_thumbnails(page)
     page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
     if os.environ.get("CBIR_UPDATE_SCREENSHOT"):  # refresh the README's screenshot

@@ -10,8 +10,8 @@ import pytest
 from cbir.client import CoordinatorClient
 from cbir.errors import BadImage, InvalidArgument
 from cbir.ids import image_id
-from cbir.photos import Photo, encode_jpeg
 from coordinator.query_embedder import CbirQueryEmbedder, QueryEmbedder, load_query_embedder
+from demo.photos import Photo, encode_jpeg
 from tests.coordinator.harness import Cluster, LoopThread, ShardData, flat_top_k, start_cluster
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from cbir.client import CoordinatorClient
-from cbir.processes import ChildProcesses, cbir_command
+from demo.processes import ChildProcesses, cbir_command
 from protos import cbir_pb2, cbir_pb2_grpc
 from tests.conftest import free_port
 from tests.shard_server.conftest import build

@@ -13,7 +13,7 @@ from PIL import Image
 from cbir.embedding import Embedder, decode_image, load_embedder
 from cbir.errors import BadImage
 from cbir.limits import Limits
-from cbir.photos import bundled_photos, encode_jpeg
+from demo.photos import bundled_photos, encode_jpeg
 from tests.embedding import odd_images as odd
 
 

@@ -13,7 +13,7 @@ from cbir import storage
 from cbir.embedding import Embedder, describe_model, load_embedder
 from cbir.embedding.models import ModelSpec, model_spec, resolve_weights
 from cbir.errors import FailedPrecondition, InvalidArgument, NotFound
-from cbir.photos import bundled_photos, encode_jpeg
+from demo.photos import bundled_photos, encode_jpeg
 
 # ImageNet class ids that are a right answer for each bundled photo.
 EXPECTED = {

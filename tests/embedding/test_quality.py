@@ -9,7 +9,7 @@ import logging
 import numpy as np
 
 from cbir.embedding import Embedder
-from cbir.photos import bundled_photos, edited_copies, encode_jpeg
+from demo.photos import bundled_photos, edited_copies, encode_jpeg
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from hypothesis import strategies as st
 from PIL import Image
 
-from cbir.photos import bundled_photos
+from demo.photos import bundled_photos
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
 

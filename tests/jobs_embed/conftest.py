@@ -9,7 +9,7 @@ from PIL import Image
 
 from cbir import storage
 from cbir.embedding import describe_model
-from cbir.photos import bundled_photos
+from demo.photos import bundled_photos
 from jobs.embed.config import BackfillConfig
 from tests.embedding import odd_images as odd
 

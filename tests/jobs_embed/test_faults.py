@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from cbir import schema, storage
-from cbir.photos import bundled_photos
+from demo.photos import bundled_photos
 from jobs.embed import testhooks
 from jobs.embed.job import run_backfill
 from tests.embedding import odd_images as odd

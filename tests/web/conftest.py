@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cbir.photos import Photo
+from demo.photos import Photo
 from tests.web.system import System, running_system
 
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from cbir import storage
-from cbir.photos import Photo, encode_jpeg
-from cbir.processes import free_port
 from coordinator.config import BalancerConfig, CoordinatorConfig
 from coordinator.query_embedder import load_query_embedder
 from coordinator.server import CoordinatorServer
 from coordinator.topology import StaticTopology
+from demo.photos import Photo, encode_jpeg
+from demo.processes import free_port
 from jobs.build_index.build import BuildConfig, build_index
 from jobs.embed.job import JobOptions, build_config, run_backfill
 from shard_server.index_store import Expectations

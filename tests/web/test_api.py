@@ -13,7 +13,7 @@ from PIL import Image
 
 from cbir import storage
 from cbir.ids import image_id
-from cbir.photos import edited_copies
+from demo.photos import edited_copies
 from tests.web.system import System
 
 pytestmark = pytest.mark.slow
@@ -151,10 +151,10 @@ def test_thumbnails_and_full_images_of_indexed_ids(system: System) -> None:
     assert full.status_code == 200 and full.content == stored
     assert full.headers["content-type"] == "image/jpeg"
     assert full.headers["x-content-type-options"] == "nosniff"
-    before = system.web.app.state.images.cache_hits
+    before = system.web.app.state.images.thumbs.hits
     again = httpx.get(f"{system.url}/api/images/{wanted}")
     assert again.content == thumb.content
-    assert system.web.app.state.images.cache_hits == before + 1
+    assert system.web.app.state.images.thumbs.hits == before + 1
 
 
 @pytest.mark.parametrize(("path", "status"), [
@@ -195,6 +195,8 @@ def test_info_openapi_metrics_and_health(system: System) -> None:
     info = httpx.get(f"{system.url}/api/info").json()
     assert info["num_shards"] == 2 and info["live_replicas"] == {"0": 1, "1": 1}
     assert info["shards_without_replicas"] == []
+    assert info["total_images"] == len(system.keys) == sum(info["images"].values())
+    assert set(info["images"]) == {"0", "1"}
     assert info["index_version"] and info["model"] == "efficientnet_lite0" and info["dim"] == 1280
     schema = httpx.get(f"{system.url}/api/openapi.json").json()
     assert {"/api/search", "/api/images/{image_id}", "/api/info"} <= set(schema["paths"])

@@ -36,6 +36,7 @@ async function loadStatus() {
     const down = info.shards_without_replicas.length;
     $("status-shards").textContent = info.num_shards + (down ? " (" + down + " down)" : "");
     $("status-replicas").textContent = String(replicas);
+    $("status-images").textContent = info.total_images.toLocaleString("en");
     $("status-version").textContent = info.index_version || "none";
     $("status-model").textContent = info.model;
   } catch (err) {

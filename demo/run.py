@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbir import storage
-from cbir.photos import Photo, bundled_photos, edited_copies, encode_jpeg
-from cbir.processes import ChildProcesses, cbir_command, free_port
+from demo.photos import Photo, bundled_photos, edited_copies, encode_jpeg
+from demo.processes import ChildProcesses, cbir_command, free_port
 
 log = logging.getLogger(__name__)
 
