@@ -40,7 +40,9 @@ def check_image_id(value: int) -> int:
 
 
 async def indexed_key(client: AsyncCoordinatorClient, wanted: int, timeout_s: float) -> str:
-    """The key of an indexed image id, as the index itself holds it; NotFound otherwise."""
+    """The key of an indexed image id, as the index itself holds it; NotFound otherwise.
+    Asked on every image request (not cached), so an image deleted from the index stops being
+    served at once; only the thumbnail bytes are cached."""
     result = await client.search_id(check_image_id(wanted), k=KEY_LOOKUP_K, timeout_s=timeout_s)
     for hit in result.hits:
         if hit.image_id == wanted and storage.is_s3(hit.key) and image_id(hit.key) == wanted:
