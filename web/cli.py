@@ -9,49 +9,34 @@ import ssl
 from typing import Any
 
 from cbir.errors import InvalidArgument
+from cbir.options import add_options, build
 from cbir.rpc.security import (
     ServerSecurity,
     add_security_arguments,
     client_security_from_args,
     server_security_from_args,
 )
-from web.config import DEFAULT_K, WebConfig
+from web.config import WebConfig
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--coordinator", required=True, metavar="HOST:PORT",
-                        help="the coordinator's gRPC address")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve HTTP on")
-    parser.add_argument("--port", type=int, default=8080, help="0 = any free port")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                        help="seconds per coordinator call")
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help="hits when a query sets none")
-    parser.add_argument("--thumbnail-px", type=int, default=256,
-                        help="longest side of thumbnails")
-    parser.add_argument("--thumbnail-cache-mb", type=float, default=64.0,
-                        help="memory for cached thumbnails (least recently used go first)")
+    add_options(parser, WebConfig)
     add_security_arguments(parser, server=True)
     add_security_arguments(parser, server=False, prefix="coordinator-")
 
 
 def build_config(args: argparse.Namespace) -> WebConfig:
-    if ":" not in args.coordinator:
-        raise InvalidArgument(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
-    if not 0 <= args.port <= 65535:
-        raise InvalidArgument(f"--port must be 0..65535, got {args.port}")
-    if args.timeout <= 0 or args.k <= 0 or args.thumbnail_px <= 0:
-        raise InvalidArgument("--timeout, --k and --thumbnail-px must be positive")
-    if args.thumbnail_cache_mb < 0:
-        raise InvalidArgument("--thumbnail-cache-mb must be >= 0")
-    return WebConfig(
-        coordinator=args.coordinator, host=args.host, port=args.port, timeout_s=args.timeout,
-        default_k=args.k, thumb_px=args.thumbnail_px,
-        thumb_cache_bytes=int(args.thumbnail_cache_mb * 1024 * 1024),
-        security=server_security_from_args(args),
-        coordinator_security=client_security_from_args(args, prefix="coordinator-"),
-    )
+    config: WebConfig = build(WebConfig, args, {
+        "security": server_security_from_args(args),
+        "coordinator_security": client_security_from_args(args, prefix="coordinator-"),
+    })
+    if ":" not in config.coordinator:
+        raise InvalidArgument(f"--coordinator must be HOST:PORT, got {config.coordinator!r}")
+    if config.port > 65535:
+        raise InvalidArgument(f"--port must be 0..65535, got {config.port}")
+    return config
 
 
 def ssl_options(security: ServerSecurity) -> dict[str, Any]:
