@@ -112,3 +112,23 @@ def test_the_listening_socket_lets_asyncio_turn_nagle_off() -> None:
         return seen[0]
 
     assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_options_come_from_cbir_environment_variables_too(system: System) -> None:
+    """CBIR_<FLAG> works like the flag (Kubernetes can set either); a flag beats it."""
+    import os
+
+    env = {**os.environ, "CBIR_COORDINATOR": system.coordinator, "CBIR_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "cbir.cli", "serve-web"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        assert httpx.get(f"{url}api/info", timeout=60).json()["num_shards"] == 2
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    bad = subprocess.run([sys.executable, "-m", "cbir.cli", "serve-web"], cwd=ROOT,
+                         env={**env, "CBIR_PORT": "http"}, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode == 2 and "CBIR_PORT='http'" in bad.stderr
