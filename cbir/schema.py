@@ -113,6 +113,16 @@ class IndexManifest(_Model):
     shards: list[str] = Field(default_factory=list)
 
 
+def _problems(exc: ValidationError, model: type[_Model]) -> str:
+    """What is wrong, naming only the model's own fields (never a value or an unknown key)."""
+    out = []
+    for e in exc.errors(include_input=False, include_url=False)[:5]:
+        loc = e["loc"][0] if e["loc"] else None
+        where = loc if isinstance(loc, str) and loc in model.model_fields else "document"
+        out.append(f"{where}: {e['msg']}")
+    return "; ".join(out)
+
+
 def read_manifest(uri: str, model: type[M]) -> M:
     """Read and validate a manifest; missing or malformed ones raise typed errors."""
     try:
@@ -122,7 +132,9 @@ def read_manifest(uri: str, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise FailedPrecondition(f"invalid manifest {uri}: {exc}") from exc
+        # Field names and reasons only: pydantic's own text quotes the input, and the object
+        # may be anything the caller pointed at (a config file with a password in it).
+        raise FailedPrecondition(f"invalid manifest {uri}: {_problems(exc, model)}") from None
 
 
 def write_manifest(uri: str, manifest: _Model) -> None:

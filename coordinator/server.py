@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from cbir.rpc.auth import BearerTokenInterceptor
+from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.security import server_credentials
 from cbir.rpc.serving import Serving
 from coordinator.config import CoordinatorConfig

@@ -79,6 +79,9 @@ class OverlayParams:
     # "tls": servers serve TLS from Secrets; "mtls": shards also require the coordinator's
     # client certificate (deploy/tls.py; docs/security.md).
     tls: str = "off"
+    # Shards load (LoadIndex on the loopback admin port, or a pointer's target) only under this
+    # root; "" = the folder holding index_uri (e.g. s3://cbir-prod/indexes). docs/security.md.
+    allowed_index_root: str = ""
     drain_seconds: int = 20
     resolve_interval: int = 5
     coordinator_min_replicas: int = 2
@@ -107,6 +110,8 @@ class OverlayParams:
                               "notice a draining replica is gone before it stops answering)")
         parse_bytes(self.index_bytes)
         parse_bytes(self.memory_base)
+        if any(c in self.allowed_index_root for c in "?#"):
+            raise ParamsError("allowed_index_root must be a plain URI (no '?' or '#')")
 
     # ---- derived sizes ------------------------------------------------------------------
     @property
@@ -135,6 +140,14 @@ class OverlayParams:
     def min_ready_seconds(self) -> int:
         # DNS answers (CoreDNS TTL 5 s) + one coordinator re-resolve, then the old pod may go.
         return self.resolve_interval + 5
+
+    def index_root(self, index_uri: str) -> str:
+        """What a shard serving ``index_uri`` may load from: ``allowed_index_root`` or the
+        folder holding the index (``s3://b/indexes/v1`` -> ``s3://b/indexes``)."""
+        if self.allowed_index_root:
+            return self.allowed_index_root.rstrip("/")
+        head, _, _ = index_uri.rstrip("/").rpartition("/")
+        return head if head and not head.endswith(":/") else index_uri.rstrip("/")
 
     def image(self, target: str) -> tuple[str, str]:
         """(name, tag) of one of the Dockerfile's targets: server, coordinator, jobs."""

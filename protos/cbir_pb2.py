@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/cbir.proto\x12\x07\x63\x62ir.v1\"1\n\x0cSearchParams\x12\x0e\n\x06nprobe\x18\x01 \x01(\x05\x12\x11\n\tef_search\x18\x02 \x01(\x05\"\x8f\x01\n\x12ShardSearchRequest\x12\x0f\n\x07vectors\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\t\n\x01k\x18\x03 \x01(\x05\x12%\n\x06params\x18\x04 \x01(\x0b\x32\x15.cbir.v1.SearchParams\x12\x15\n\rindex_version\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\x96\x01\n\x13ShardSearchResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x13\n\x0bnum_queries\x18\x02 \x01(\x05\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0b\n\x03ids\x18\x04 \x01(\x0c\x12\x0e\n\x06scores\x18\x05 \x01(\x0c\x12\x0c\n\x04keys\x18\x06 \x03(\t\x12\x15\n\rindex_version\x18\x07 \x01(\t\x12\x0e\n\x06metric\x18\x08 \x01(\t\":\n\x11GetVectorsRequest\x12\x11\n\timage_ids\x18\x01 \x03(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"h\n\x12GetVectorsResponse\x12\x0b\n\x03\x64im\x18\x01 \x01(\x05\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\x0f\n\x07vectors\x18\x03 \x01(\x0c\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\x13\n\x0bmissing_ids\x18\x05 \x03(\x03\"\x0e\n\x0cStatsRequest\"\xe7\x02\n\rStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x12\n\nnum_shards\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x61\x63tory\x18\x06 \x01(\t\x12\x15\n\rindex_version\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12?\n\rsearch_params\x18\n \x03(\x0b\x32(.cbir.v1.StatsResponse.SearchParamsEntry\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x03\x12\x16\n\x0equeries_served\x18\x0c \x01(\x03\x12\x15\n\rheld_versions\x18\r \x03(\t\x1a\x33\n\x11SearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"%\n\x10LoadIndexRequest\x12\x11\n\tindex_uri\x18\x01 \x01(\t\"f\n\x11LoadIndexResponse\x12\x0f\n\x07swapped\x18\x01 \x01(\x08\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x1d\n\x0b\x46loatVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xc8\x01\n\rSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12&\n\x06vector\x18\x02 \x01(\x0b\x32\x14.cbir.v1.FloatVectorH\x00\x12\x12\n\x08image_id\x18\x03 \x01(\x03H\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06params\x18\x05 \x01(\x0b\x32\x15.cbir.v1.SearchParams\x12\x1b\n\x13\x65xclude_query_image\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x07\n\x05query\"B\n\x03Hit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\r\n\x05shard\x18\x04 \x01(\x05\"\x8f\x01\n\x0eSearchResponse\x12\x1a\n\x04hits\x18\x01 \x03(\x0b\x32\x0c.cbir.v1.Hit\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12\x15\n\rfailed_shards\x18\x03 \x03(\x05\x12\x15\n\rindex_version\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\r\n\x0bInfoRequest\"\xec\x04\n\x0cInfoResponse\x12\x12\n\nnum_shards\x18\x01 \x01(\x05\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\t\x12>\n\rlive_replicas\x18\x07 \x03(\x0b\x32\'.cbir.v1.InfoResponse.LiveReplicasEntry\x12\x35\n\x08replicas\x18\x08 \x03(\x0b\x32#.cbir.v1.InfoResponse.ReplicasEntry\x12<\n\x0cshard_counts\x18\t \x03(\x0b\x32&.cbir.v1.InfoResponse.ShardCountsEntry\x12K\n\x14shard_index_versions\x18\n \x03(\x0b\x32-.cbir.v1.InfoResponse.ShardIndexVersionsEntry\x12\x17\n\x0frequests_served\x18\x0b \x01(\x03\x1a\x33\n\x11LiveReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a/\n\rReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x32\n\x10ShardCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x39\n\x17ShardIndexVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x8f\x02\n\x05Shard\x12\x43\n\x06Search\x12\x1b.cbir.v1.ShardSearchRequest\x1a\x1c.cbir.v1.ShardSearchResponse\x12\x45\n\nGetVectors\x12\x1a.cbir.v1.GetVectorsRequest\x1a\x1b.cbir.v1.GetVectorsResponse\x12\x36\n\x05Stats\x12\x15.cbir.v1.StatsRequest\x1a\x16.cbir.v1.StatsResponse\x12\x42\n\tLoadIndex\x12\x19.cbir.v1.LoadIndexRequest\x1a\x1a.cbir.v1.LoadIndexResponse2}\n\x0b\x43oordinator\x12\x39\n\x06Search\x12\x16.cbir.v1.SearchRequest\x1a\x17.cbir.v1.SearchResponse\x12\x33\n\x04Info\x12\x14.cbir.v1.InfoRequest\x1a\x15.cbir.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/cbir.proto\x12\x07\x63\x62ir.v1\"1\n\x0cSearchParams\x12\x0e\n\x06nprobe\x18\x01 \x01(\x05\x12\x11\n\tef_search\x18\x02 \x01(\x05\"\x8f\x01\n\x12ShardSearchRequest\x12\x0f\n\x07vectors\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\t\n\x01k\x18\x03 \x01(\x05\x12%\n\x06params\x18\x04 \x01(\x0b\x32\x15.cbir.v1.SearchParams\x12\x15\n\rindex_version\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\x96\x01\n\x13ShardSearchResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x13\n\x0bnum_queries\x18\x02 \x01(\x05\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0b\n\x03ids\x18\x04 \x01(\x0c\x12\x0e\n\x06scores\x18\x05 \x01(\x0c\x12\x0c\n\x04keys\x18\x06 \x03(\t\x12\x15\n\rindex_version\x18\x07 \x01(\t\x12\x0e\n\x06metric\x18\x08 \x01(\t\":\n\x11GetVectorsRequest\x12\x11\n\timage_ids\x18\x01 \x03(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"h\n\x12GetVectorsResponse\x12\x0b\n\x03\x64im\x18\x01 \x01(\x05\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\x0f\n\x07vectors\x18\x03 \x01(\x0c\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\x13\n\x0bmissing_ids\x18\x05 \x03(\x03\"\x0e\n\x0cStatsRequest\"\xa9\x03\n\rStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x12\n\nnum_shards\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x61\x63tory\x18\x06 \x01(\t\x12\x15\n\rindex_version\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12?\n\rsearch_params\x18\n \x03(\x0b\x32(.cbir.v1.StatsResponse.SearchParamsEntry\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x03\x12\x16\n\x0equeries_served\x18\x0c \x01(\x03\x12\x15\n\rheld_versions\x18\r \x03(\t\x12\x11\n\tindex_uri\x18\x14 \x01(\t\x12\x15\n\rindex_pointer\x18\x15 \x01(\t\x12\x16\n\x0epointer_target\x18\x16 \x01(\t\x1a\x33\n\x11SearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"%\n\x10LoadIndexRequest\x12\x11\n\tindex_uri\x18\x01 \x01(\t\"f\n\x11LoadIndexResponse\x12\x0f\n\x07swapped\x18\x01 \x01(\x08\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x1d\n\x0b\x46loatVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xc8\x01\n\rSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12&\n\x06vector\x18\x02 \x01(\x0b\x32\x14.cbir.v1.FloatVectorH\x00\x12\x12\n\x08image_id\x18\x03 \x01(\x03H\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06params\x18\x05 \x01(\x0b\x32\x15.cbir.v1.SearchParams\x12\x1b\n\x13\x65xclude_query_image\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x07\n\x05query\"B\n\x03Hit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\r\n\x05shard\x18\x04 \x01(\x05\"\x8f\x01\n\x0eSearchResponse\x12\x1a\n\x04hits\x18\x01 \x03(\x0b\x32\x0c.cbir.v1.Hit\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12\x15\n\rfailed_shards\x18\x03 \x03(\x05\x12\x15\n\rindex_version\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\r\n\x0bInfoRequest\"\xec\x04\n\x0cInfoResponse\x12\x12\n\nnum_shards\x18\x01 \x01(\x05\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\t\x12>\n\rlive_replicas\x18\x07 \x03(\x0b\x32\'.cbir.v1.InfoResponse.LiveReplicasEntry\x12\x35\n\x08replicas\x18\x08 \x03(\x0b\x32#.cbir.v1.InfoResponse.ReplicasEntry\x12<\n\x0cshard_counts\x18\t \x03(\x0b\x32&.cbir.v1.InfoResponse.ShardCountsEntry\x12K\n\x14shard_index_versions\x18\n \x03(\x0b\x32-.cbir.v1.InfoResponse.ShardIndexVersionsEntry\x12\x17\n\x0frequests_served\x18\x0b \x01(\x03\x1a\x33\n\x11LiveReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a/\n\rReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x32\n\x10ShardCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x39\n\x17ShardIndexVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x8f\x02\n\x05Shard\x12\x43\n\x06Search\x12\x1b.cbir.v1.ShardSearchRequest\x1a\x1c.cbir.v1.ShardSearchResponse\x12\x45\n\nGetVectors\x12\x1a.cbir.v1.GetVectorsRequest\x1a\x1b.cbir.v1.GetVectorsResponse\x12\x36\n\x05Stats\x12\x15.cbir.v1.StatsRequest\x1a\x16.cbir.v1.StatsResponse\x12\x42\n\tLoadIndex\x12\x19.cbir.v1.LoadIndexRequest\x1a\x1a.cbir.v1.LoadIndexResponse2}\n\x0b\x43oordinator\x12\x39\n\x06Search\x12\x16.cbir.v1.SearchRequest\x1a\x17.cbir.v1.SearchResponse\x12\x33\n\x04Info\x12\x14.cbir.v1.InfoRequest\x1a\x15.cbir.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,35 +54,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSREQUEST']._serialized_start=546
   _globals['_STATSREQUEST']._serialized_end=560
   _globals['_STATSRESPONSE']._serialized_start=563
-  _globals['_STATSRESPONSE']._serialized_end=922
-  _globals['_STATSRESPONSE_SEARCHPARAMSENTRY']._serialized_start=871
-  _globals['_STATSRESPONSE_SEARCHPARAMSENTRY']._serialized_end=922
-  _globals['_LOADINDEXREQUEST']._serialized_start=924
-  _globals['_LOADINDEXREQUEST']._serialized_end=961
-  _globals['_LOADINDEXRESPONSE']._serialized_start=963
-  _globals['_LOADINDEXRESPONSE']._serialized_end=1065
-  _globals['_FLOATVECTOR']._serialized_start=1067
-  _globals['_FLOATVECTOR']._serialized_end=1096
-  _globals['_SEARCHREQUEST']._serialized_start=1099
-  _globals['_SEARCHREQUEST']._serialized_end=1299
-  _globals['_HIT']._serialized_start=1301
-  _globals['_HIT']._serialized_end=1367
-  _globals['_SEARCHRESPONSE']._serialized_start=1370
-  _globals['_SEARCHRESPONSE']._serialized_end=1513
-  _globals['_INFOREQUEST']._serialized_start=1515
-  _globals['_INFOREQUEST']._serialized_end=1528
-  _globals['_INFORESPONSE']._serialized_start=1531
-  _globals['_INFORESPONSE']._serialized_end=2151
-  _globals['_INFORESPONSE_LIVEREPLICASENTRY']._serialized_start=1940
-  _globals['_INFORESPONSE_LIVEREPLICASENTRY']._serialized_end=1991
-  _globals['_INFORESPONSE_REPLICASENTRY']._serialized_start=1993
-  _globals['_INFORESPONSE_REPLICASENTRY']._serialized_end=2040
-  _globals['_INFORESPONSE_SHARDCOUNTSENTRY']._serialized_start=2042
-  _globals['_INFORESPONSE_SHARDCOUNTSENTRY']._serialized_end=2092
-  _globals['_INFORESPONSE_SHARDINDEXVERSIONSENTRY']._serialized_start=2094
-  _globals['_INFORESPONSE_SHARDINDEXVERSIONSENTRY']._serialized_end=2151
-  _globals['_SHARD']._serialized_start=2154
-  _globals['_SHARD']._serialized_end=2425
-  _globals['_COORDINATOR']._serialized_start=2427
-  _globals['_COORDINATOR']._serialized_end=2552
+  _globals['_STATSRESPONSE']._serialized_end=988
+  _globals['_STATSRESPONSE_SEARCHPARAMSENTRY']._serialized_start=937
+  _globals['_STATSRESPONSE_SEARCHPARAMSENTRY']._serialized_end=988
+  _globals['_LOADINDEXREQUEST']._serialized_start=990
+  _globals['_LOADINDEXREQUEST']._serialized_end=1027
+  _globals['_LOADINDEXRESPONSE']._serialized_start=1029
+  _globals['_LOADINDEXRESPONSE']._serialized_end=1131
+  _globals['_FLOATVECTOR']._serialized_start=1133
+  _globals['_FLOATVECTOR']._serialized_end=1162
+  _globals['_SEARCHREQUEST']._serialized_start=1165
+  _globals['_SEARCHREQUEST']._serialized_end=1365
+  _globals['_HIT']._serialized_start=1367
+  _globals['_HIT']._serialized_end=1433
+  _globals['_SEARCHRESPONSE']._serialized_start=1436
+  _globals['_SEARCHRESPONSE']._serialized_end=1579
+  _globals['_INFOREQUEST']._serialized_start=1581
+  _globals['_INFOREQUEST']._serialized_end=1594
+  _globals['_INFORESPONSE']._serialized_start=1597
+  _globals['_INFORESPONSE']._serialized_end=2217
+  _globals['_INFORESPONSE_LIVEREPLICASENTRY']._serialized_start=2006
+  _globals['_INFORESPONSE_LIVEREPLICASENTRY']._serialized_end=2057
+  _globals['_INFORESPONSE_REPLICASENTRY']._serialized_start=2059
+  _globals['_INFORESPONSE_REPLICASENTRY']._serialized_end=2106
+  _globals['_INFORESPONSE_SHARDCOUNTSENTRY']._serialized_start=2108
+  _globals['_INFORESPONSE_SHARDCOUNTSENTRY']._serialized_end=2158
+  _globals['_INFORESPONSE_SHARDINDEXVERSIONSENTRY']._serialized_start=2160
+  _globals['_INFORESPONSE_SHARDINDEXVERSIONSENTRY']._serialized_end=2217
+  _globals['_SHARD']._serialized_start=2220
+  _globals['_SHARD']._serialized_end=2491
+  _globals['_COORDINATOR']._serialized_start=2493
+  _globals['_COORDINATOR']._serialized_end=2618
 # @@protoc_insertion_point(module_scope)

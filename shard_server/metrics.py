@@ -45,6 +45,20 @@ class ShardMetrics:
             "cbir_shard_index_pointer_errors", "index pointer reads that failed",
             registry=self.registry,
         )
+        self.pointer_target = Gauge(
+            "cbir_shard_index_pointer_target_info",
+            "1 for what the index pointer named at its last read", ["target"],
+            registry=self.registry,
+        )
+        self.pointer_drift = Gauge(
+            "cbir_shard_index_pointer_drift",
+            "1 while the served index is not the pointer's target (refused or not loaded yet)",
+            registry=self.registry,
+        )
+        self.serving_uri = Gauge(
+            "cbir_shard_index_uri_info", "1 for the URI the serving index was loaded from",
+            ["index_uri"], registry=self.registry,
+        )
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         # The labelled children are cached: ``labels()`` takes a lock and builds a key on every
@@ -65,6 +79,14 @@ class ShardMetrics:
         self.memory.set(loaded.memory_bytes)
         self.version.clear()
         self.version.labels(loaded.version, str(loaded.manifest.shard)).set(1)
+        self.serving_uri.clear()
+        self.serving_uri.labels(loaded.uri).set(1)
+
+    def pointer_read(self, target: str, serving_uri: str) -> None:
+        """What the pointer names now, and whether this replica serves it."""
+        self.pointer_target.clear()
+        self.pointer_target.labels(target).set(1)
+        self.pointer_drift.set(0 if target == serving_uri else 1)
 
     def serve(self, port: int, host: str) -> None:
         """Expose /metrics over HTTP (a daemon thread) until ``close``."""

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 from cbir import index_layout, storage
 from cbir.errors import InvalidArgument, NotFound
+from cbir.rpc.logs import has_control_chars
 from cbir.schema import INDEX_MANIFEST
 
 MAX_POINTER_BYTES = 4096
 
 
 def read_pointer(pointer_uri: str) -> str:
-    """The index URI the pointer names (stripped); NotFound / InvalidArgument when unusable."""
+    """The index URI the pointer names (stripped); NotFound / InvalidArgument when unusable.
+    The content is storage data: errors describe it, never quote it (it reaches the logs)."""
     data = storage.read_bytes(pointer_uri)
     if len(data) > MAX_POINTER_BYTES:
         raise InvalidArgument(f"index pointer {pointer_uri} is {len(data)} bytes; not a pointer")
@@ -29,6 +31,8 @@ def read_pointer(pointer_uri: str) -> str:
         raise InvalidArgument(f"index pointer {pointer_uri} is not UTF-8 text") from exc
     if not target or "\n" in target:
         raise InvalidArgument(f"index pointer {pointer_uri} must hold exactly one URI")
+    if has_control_chars(target):
+        raise InvalidArgument(f"index pointer {pointer_uri} holds control characters")
     return target
 
 
@@ -36,8 +40,8 @@ def write_pointer(pointer_uri: str, target: str, check: bool = True) -> None:
     """Point ``pointer_uri`` at ``target`` atomically. With ``check``, the target must be a
     committed index (its top-level manifest, written last by the build, exists)."""
     target = target.strip()
-    if not target or "\n" in target:
-        raise InvalidArgument("the index URI must be one non-empty line")
+    if not target or "\n" in target or has_control_chars(target):
+        raise InvalidArgument("the index URI must be one non-empty line of printable text")
     if check and not storage.exists(index_layout.index_manifest_uri(target)):
         raise NotFound(f"{target} is not a committed index (no {INDEX_MANIFEST})")
     storage.write_bytes(pointer_uri, (target + "\n").encode("utf-8"))

@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 
 from cbir.errors import CbirError
 from cbir.options import nested, option
-from cbir.rpc.auth import BearerTokenInterceptor
+from cbir.rpc.guard import BearerTokenInterceptor
+from cbir.rpc.logs import safe_text
 from cbir.rpc.security import ServerSecurity, server_credentials
 from cbir.rpc.serving import Serving
 from protos import cbir_pb2, cbir_pb2_grpc
+from shard_server.admin import IndexPolicy
 from shard_server.metrics import ShardMetrics
 from shard_server.pointer import PointerWatch, read_pointer
 from shard_server.searcher import SearcherConfig, ShardSearcher
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SERVICE_NAME = cbir_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
+# The admin port never leaves the pod / machine: reaching it is the admin credential.
+ADMIN_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,15 @@ class ServerConfig:
              "watched: a change loads the new version")
     pointer_interval_s: float = option(10.0, flag="--pointer-interval", positive=True,
                                        metavar="S", help="seconds between reads of --index-pointer")
+    # Admin RPCs (LoadIndex) without a token: a second port on 127.0.0.1 only.
+    admin_port: int | None = option(
+        None, non_negative=True, metavar="PORT",
+        help="also serve on 127.0.0.1:PORT, where admin RPCs (LoadIndex) need no token "
+             "(0 = any free port; default: no admin port)")
+    allowed_index_root: str = option(
+        "", metavar="URI",
+        help="LoadIndex and pointer targets must lie under this root "
+             "(default: the folder holding --index or --index-pointer)")
 
 
 class ShardServer:
@@ -63,16 +76,32 @@ class ShardServer:
         self.config = config
         self.metrics = ShardMetrics()
         self.searcher = ShardSearcher(config.searcher)
-        auth = config.security.auth
-        interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
-        self.serving = Serving([SERVICE_NAME], limits=config.searcher.limits,
-                               interceptors=interceptors)
-        cbir_pb2_grpc.add_ShardServicer_to_server(
-            ShardServicer(self.searcher, self.metrics), self.serving.server
-        )
+        roots = [config.allowed_index_root] if config.allowed_index_root else []
+        self.policy = IndexPolicy.build(roots, config.index_uri, config.index_pointer)
+        self.pointer_target = ""  # what the pointer named at its last read
+        self._pointer_error: str | None = None  # the last read failure, logged once
+        servicer = ShardServicer(self.searcher, self.metrics, self.policy,
+                                 lambda: self.pointer_target)
+        self.guards: list[BearerTokenInterceptor] = []  # (public[, admin]): their auth state
+        self.serving = self._serving(servicer, trusted=False)
+        self.admin = self._serving(servicer, trusted=True) if config.admin_port is not None \
+            else None
         self.watch = PointerWatch(retry_failed_s=max(60.0, 6 * config.pointer_interval_s))
         self._watcher: asyncio.Task[None] | None = None
         self.port = 0
+        self.admin_port = 0
+
+    def _serving(self, servicer: ShardServicer, trusted: bool) -> Serving:
+        """A gRPC server for ``servicer``: the interceptor always runs, so admin methods are
+        refused on the public port when no tokens are configured (secure by default)."""
+        security = self.config.security
+        guard = BearerTokenInterceptor(security.auth, trusted=trusted,
+                                       limit=security.failure_limit)
+        self.guards.append(guard)
+        serving = Serving([SERVICE_NAME], limits=self.config.searcher.limits,
+                          interceptors=[guard])
+        cbir_pb2_grpc.add_ShardServicer_to_server(servicer, serving.server)
+        return serving
 
     async def start(self, load: bool = True) -> int:
         """Bind and start (NOT_SERVING), then load the index unless told not to."""
@@ -82,20 +111,29 @@ class ShardServer:
         creds = server_credentials(tls) if tls is not None else None
         self.port = self.serving.bind(self.config.host, self.config.port, creds)
         await self.serving.start()
+        if self.admin is not None:
+            assert self.config.admin_port is not None
+            # Plaintext on loopback: the traffic never leaves the host (kubectl port-forward
+            # tunnels it over the API server's TLS).
+            self.admin_port = self.admin.bind(ADMIN_HOST, self.config.admin_port)
+            await self.admin.start()
+            log.info("admin port listening on %s:%d", ADMIN_HOST, self.admin_port)
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)
-        log.info("shard %d listening on %s:%d (tls=%s, tokens=%s)", self.config.searcher.shard,
-                 self.config.host, self.port, tls is not None,
-                 self.config.security.auth is not None)
+        log.info("shard %d listening on %s:%d (tls=%s, tokens=%s, index roots=%s)",
+                 self.config.searcher.shard, self.config.host, self.port, tls is not None,
+                 self.config.security.auth is not None, ", ".join(self.policy.allowed_roots))
         if load:
             await self.load()
         return self.port
 
     async def load(self) -> None:
         """The first load: the pointer's target (if watching one) or ``index_uri``."""
-        target = self.config.index_uri
+        target = self.config.index_uri  # the command line's: trusted as given
         if self.config.index_pointer is not None:
             target = await asyncio.to_thread(read_pointer, self.config.index_pointer)
+            self._pointer_read(self._normalised(target))
+            target = self.policy.check(target)  # storage content: bounded like LoadIndex
         try:
             new, _ = await self.searcher.load(target)
         except Exception:
@@ -103,9 +141,38 @@ class ShardServer:
             raise
         self.metrics.index_loaded(new, "start")
         self.watch.loaded(target)
-        await self.serving.set_serving(True)
+        self._pointer_read(self.pointer_target)
+        await self.set_serving(True)
         if self.config.index_pointer is not None and self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_pointer())
+
+    async def set_serving(self, serving: bool) -> None:
+        await self.serving.set_serving(serving)
+        if self.admin is not None:
+            await self.admin.set_serving(serving)
+
+    def _pointer_read(self, target: str) -> None:
+        if self.config.index_pointer is None:
+            return
+        self.pointer_target = target
+        serving = self.searcher.store.current().uri if self.searcher.store.loaded else ""
+        self.metrics.pointer_read(target, serving)
+
+    def _normalised(self, target: str) -> str:
+        """The pointer's target as loads and Stats spell it (so ``s3://b/v2/`` is not a new
+        target every poll); a refused one as read (its load then says why)."""
+        try:
+            return self.policy.check(target)
+        except CbirError:
+            return target
+
+    def _pointer_unreadable(self, pointer: str, reason: str) -> None:
+        """Counted every poll, logged when the reason changes (not 6 lines a minute)."""
+        self.metrics.pointer_errors.inc()
+        level = logging.DEBUG if reason == self._pointer_error else logging.WARNING
+        self._pointer_error = reason
+        log.log(level, "index pointer %s unreadable (still serving %s): %s", pointer,
+                safe_text(self.searcher.store.current().version), reason)
 
     async def _watch_pointer(self) -> None:
         assert self.config.index_pointer is not None
@@ -118,31 +185,37 @@ class ShardServer:
         try:
             target = await asyncio.to_thread(read_pointer, pointer)
         except CbirError as exc:
-            log.warning("index pointer %s unreadable: %s", pointer, exc)
-            self.metrics.pointer_errors.inc()
+            self._pointer_unreadable(pointer, safe_text(str(exc)))
             return
         except Exception:
             log.exception("index pointer %s unreadable", pointer)
             self.metrics.pointer_errors.inc()
             return
+        self._pointer_error = None
+        target = self._normalised(target)
+        self._pointer_read(target)
         if not self.watch.wants(target):
             return
-        log.info("index pointer %s -> %s: loading", pointer, target)
+        log.info("index pointer %s -> %s: loading", pointer, safe_text(target))
         try:
-            new, _ = await self.searcher.load(target)
+            new, _ = await self.searcher.load(self.policy.check(target))
         except Exception as exc:
             self.watch.failed(target)
             self.metrics.load_failed("pointer")
-            log.error("index %s (from pointer %s) refused, still serving %s: %s", target, pointer,
-                      self.searcher.store.current().version, exc)
+            log.error("index %s (from pointer %s) refused, still serving %s: %s",
+                      safe_text(target), pointer,
+                      safe_text(self.searcher.store.current().version), safe_text(str(exc)))
             return
         self.watch.loaded(target)
         self.metrics.index_loaded(new, "pointer")
+        self._pointer_read(target)
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        await self.serving.drain_and_stop(self.config.drain_s if grace_s is None else grace_s)
+        grace = self.config.drain_s if grace_s is None else grace_s
+        servers = [self.serving, *([self.admin] if self.admin is not None else [])]
+        await asyncio.gather(*(s.drain_and_stop(grace) for s in servers))
         await self.searcher.close()
         self.metrics.close()
 
@@ -155,6 +228,8 @@ async def serve(config: ServerConfig, announce: bool = True) -> None:
     port = await server.start(load=False)
     if announce:
         print(f"listening on {config.host}:{port}", flush=True)
+        if server.admin is not None:
+            print(f"admin listening on {ADMIN_HOST}:{server.admin_port}", flush=True)
     try:
         await server.load()
     except BaseException:

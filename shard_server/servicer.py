@@ -13,9 +13,10 @@ import grpc
 import numpy as np
 
 from cbir.faiss_params import EF_SEARCH, NPROBE
-from cbir.rpc.logs import clean_request_id
+from cbir.rpc.logs import clean_request_id, safe_text
 from cbir.rpc.status import grpc_errors, status_for
 from protos import cbir_pb2, cbir_pb2_grpc
+from shard_server.admin import IndexPolicy
 from shard_server.metrics import ShardMetrics
 from shard_server.searcher import ShardSearcher
 
@@ -66,9 +67,12 @@ def observed(name: str) -> Callable[[Method[R]], Method[R]]:
 
 
 class ShardServicer(cbir_pb2_grpc.ShardServicer):
-    def __init__(self, searcher: ShardSearcher, metrics: ShardMetrics) -> None:
+    def __init__(self, searcher: ShardSearcher, metrics: ShardMetrics, policy: IndexPolicy,
+                 pointer_target: Callable[[], str] = lambda: "") -> None:
         self.searcher = searcher
         self.metrics = metrics
+        self.policy = policy
+        self.pointer_target = pointer_target  # the pointer's content at its last read
 
     @grpc_errors
     @observed("Search")
@@ -118,6 +122,8 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             model_version=m.model_version, search_params=self.searcher.defaults(loaded),
             memory_bytes=loaded.memory_bytes, queries_served=self.searcher.queries_served,
             held_versions=self.searcher.store.held_versions(),
+            index_uri=loaded.uri, index_pointer=self.policy.index_pointer or "",
+            pointer_target=self.pointer_target(),
         )
 
     @grpc_errors
@@ -126,7 +132,8 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
         self, request: cbir_pb2.LoadIndexRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.LoadIndexResponse:
         try:
-            new, old = await self.searcher.load(request.index_uri)
+            uri = self.policy.check_manual_load(request.index_uri)
+            new, old = await self.searcher.load(uri)
         except Exception:
             self.metrics.load_failed("rpc")
             raise
@@ -135,5 +142,6 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             swapped=True,
             index_version=new.version,
             previous_version=old.version if old else "",
-            message=f"serving {new.version} ({new.manifest.count} vectors) from {new.uri}",
+            message=f"serving {safe_text(new.version)} ({new.manifest.count} vectors) "
+                    f"from {safe_text(new.uri)}",
         )

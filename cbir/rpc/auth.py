@@ -1,5 +1,5 @@
-"""Bearer tokens: the allowed-token file, the server-side check, the client-side attachment and
-log redaction.
+"""Bearer tokens: the allowed-token file, roles, the client-side attachment and log redaction
+(the server-side check is ``cbir.rpc.guard.BearerTokenInterceptor``).
 
 Security rules this module keeps:
 - tokens are compared in constant time (``hmac.compare_digest`` over SHA-256 digests, so even the
@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,9 @@ from cbir import errors
 log = logging.getLogger(__name__)
 
 SEARCH = "search"
+WRITE = "write"
 ADMIN = "admin"
-KNOWN_ROLES = frozenset({SEARCH, ADMIN})
+KNOWN_ROLES = frozenset({SEARCH, WRITE, ADMIN})
 MIN_TOKEN_CHARS = 16
 
 HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
@@ -38,8 +39,13 @@ REFLECTION_METHODS = (
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 )
 DEFAULT_EXEMPT_METHODS = (*HEALTH_METHODS, *REFLECTION_METHODS)
-# Methods needing more than the default "search" role; everything else needs "search".
-DEFAULT_METHOD_ROLES = (("/cbir.v1.Shard/LoadIndex", ADMIN),)
+# Methods needing more than the default "search" role; everything else needs "search". The
+# write methods are the live index's (Upsert/Delete); listed before they exist so that they are
+# never served unguarded, whichever lands first.
+ADMIN_METHODS = ("/cbir.v1.Shard/LoadIndex",)
+WRITE_METHODS = ("/cbir.v1.Coordinator/Upsert", "/cbir.v1.Coordinator/Delete")
+DEFAULT_METHOD_ROLES = (*((m, ADMIN) for m in ADMIN_METHODS),
+                        *((m, WRITE) for m in WRITE_METHODS))
 
 SENSITIVE_METADATA = frozenset({"authorization", "cookie", "x-api-key", "proxy-authorization"})
 REDACTED = "<redacted>"
@@ -191,71 +197,9 @@ def parse_bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     return token
 
 
-def _allowed(grant: TokenGrant, role: str) -> bool:
+def allowed(grant: TokenGrant, role: str) -> bool:
+    """Whether ``grant`` may call a method needing ``role`` (``admin`` may call anything)."""
     return role in grant.roles or ADMIN in grant.roles
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuse calls without a known bearer token (UNAUTHENTICATED) or whose token lacks the
-    method's role (PERMISSION_DENIED), before the request reaches any servicer."""
-
-    def __init__(self, auth: AuthConfig, exempt_methods: Iterable[str] = DEFAULT_EXEMPT_METHODS):
-        self.auth = auth
-        self.exempt_methods = frozenset(exempt_methods)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or method in self.exempt_methods:
-            return handler
-        refusal = self.refusal(method, handler_call_details.invocation_metadata)
-        if refusal is None:
-            return handler
-        code, message = refusal
-        log.warning("refused %s: %s", method, message)
-        return _aborting_handler(handler, code, message)
-
-    def refusal(
-        self, method: str, metadata: Sequence[tuple[str, Any]] | None
-    ) -> tuple[grpc.StatusCode, str] | None:
-        """None when the call may proceed, else the status and a message free of secrets."""
-        token = parse_bearer(metadata)
-        if token is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing or malformed bearer token"
-        grant = self.auth.match(token)
-        if grant is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
-        role = self.auth.required_role(method)
-        if not _allowed(grant, role):
-            return grpc.StatusCode.PERMISSION_DENIED, f"{grant.name} lacks the {role!r} role"
-        return None
-
-
-def _aborting_handler(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts at once. The request is
-    left raw (no deserializer): an unauthenticated caller's bytes are never parsed."""
-
-    async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
-
-    async def abort_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, message)
-        yield  # pragma: no cover  (makes this an async generator, as streaming responses are)
-
-    serializer = handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort_stream, None, serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, None, serializer)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort_stream, None, serializer)
-    return grpc.unary_unary_rpc_method_handler(abort, None, serializer)
 
 
 # ------------------------------------------------------------------ client side

@@ -15,7 +15,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from cbir.rpc.auth import (
     read_secret_file,
     token_call_credentials,
 )
+from cbir.rpc.ratelimit import FailureLimit
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,12 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class ServerSecurity:
-    """What a server enforces: TLS (None: plaintext) and bearer tokens (None: no token check)."""
+    """What a server enforces: TLS (None: plaintext), bearer tokens (None: no token check) and
+    the per-peer lockout after failed authentications."""
 
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
+    failure_limit: FailureLimit = field(default_factory=FailureLimit)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,12 @@ from shard_server.server import ThreadedServer, serve_in_thread
 from tests.coordinator.harness import Cluster, LoopThread, flat_top_k, make_dataset, start_cluster
 from tests.fuzz.conftest import TRIED, examples
 from tests.fuzz.inputs import image_bytes
-from tests.shard_server.conftest import DIM, BuiltIndex, build, config
+from tests.shard_server.conftest import DIM, BuiltIndex, build, config, with_admin
 
 CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION}
+         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION,
+         grpc.StatusCode.PERMISSION_DENIED}
+FUZZ_ROOT = "/nonexistent-cbir-fuzz"  # LoadIndex URIs: allowed root, nothing to load there
 TIMEOUT_S = 20.0
 
 
@@ -77,13 +79,21 @@ def shard_index(tmp_path_factory: pytest.TempPathFactory) -> BuiltIndex:
 
 @pytest.fixture(scope="module")
 def shard_server(shard_index: BuiltIndex) -> Iterator[ThreadedServer]:
-    with serve_in_thread(config(shard_index.root)) as running:
+    with serve_in_thread(with_admin(config(shard_index.root), FUZZ_ROOT)) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def shard_channel(shard_server: ThreadedServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(f"127.0.0.1:{shard_server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def admin_channel(shard_server: ThreadedServer) -> Iterator[grpc.Channel]:
+    """The loopback admin port: LoadIndex gets past the role check to the URI checks."""
+    assert shard_server.server is not None
+    with grpc.insecure_channel(f"127.0.0.1:{shard_server.server.admin_port}") as channel:
         yield channel
 
 
@@ -108,12 +118,14 @@ def test_shard_search_fuzz(shard_channel: grpc.Channel, request: Any) -> None:
               request_id=texts),
     st.builds(cbir_pb2.StatsRequest),
     st.builds(cbir_pb2.LoadIndexRequest,
-              index_uri=texts.map(lambda t: f"/nonexistent-cbir-fuzz/{t}"))))
-def test_shard_other_rpcs_fuzz(shard_channel: grpc.Channel, request: Any) -> None:
+              index_uri=texts.map(lambda t: f"{FUZZ_ROOT}/{t}"))))
+def test_shard_other_rpcs_fuzz(shard_channel: grpc.Channel, admin_channel: grpc.Channel,
+                               request: Any) -> None:
     TRIED["Shard.GetVectors/Stats/LoadIndex"] += 1
     stub = cbir_pb2_grpc.ShardStub(shard_channel)
+    admin = cbir_pb2_grpc.ShardStub(admin_channel)
     method = {cbir_pb2.GetVectorsRequest: stub.GetVectors, cbir_pb2.StatsRequest: stub.Stats,
-              cbir_pb2.LoadIndexRequest: stub.LoadIndex}[type(request)]
+              cbir_pb2.LoadIndexRequest: admin.LoadIndex}[type(request)]
     call(method, request)
 
 

@@ -2,7 +2,8 @@
 watching an index pointer; the pointer flips v1 -> v2 while queries stream: no query fails,
 none is partial, every answer is exactly one version's top-k, and after the roll every answer
 is v2. Then the pointer names a v3 whose shard 1 is corrupt: shard 1 refuses it, the failure is
-visible (LoadIndex error, log), and every answer stays v2."""
+visible (log, Stats: the pointer's target differs from the index served), and every answer
+stays v2. A manual LoadIndex cannot detach a replica from the pointer."""
 
 from __future__ import annotations
 
@@ -67,8 +68,10 @@ def test_pointer_rollout_under_load(glove_v1: Version, glove_v2: Version,
     corrupt(v3, shard=1)
     pointer = str(tmp_path / "indexes" / "CURRENT")
     write_pointer(pointer, glove_v1.root)
+    # Every version lives in its own pytest temp folder: allow their common parent.
     source = ["--index-pointer", pointer, "--pointer-interval", "0.3",
-              "--keep-previous-seconds", "120"]
+              "--keep-previous-seconds", "120",
+              "--allowed-index-root", str(Path(glove_v1.root).parents[1])]
     replicas = start_replicas(lambda s: ShardProcess(s, source, tmp_path))
     flat = [r for row in replicas for r in row]
     coordinator = Coordinator(replicas)
@@ -89,16 +92,18 @@ def test_pointer_rollout_under_load(glove_v1: Version, glove_v2: Version,
                        "shard 1 refused v3")
             during_v3 = answered_during(load, PHASE_QUERIES)
             report = load.stop()
-        with grpc.insecure_channel(replicas[1][0].address) as channel, \
-                pytest.raises(grpc.RpcError) as refused:
-            cbir_pb2_grpc.ShardStub(channel).LoadIndex(
-                cbir_pb2.LoadIndexRequest(index_uri=v3.root), timeout=30)
+        with grpc.insecure_channel(replicas[1][0].address) as channel:
+            drift = cbir_pb2_grpc.ShardStub(channel).Stats(cbir_pb2.StatsRequest(), timeout=5)
+            with pytest.raises(grpc.RpcError) as refused:  # no admin credential on this port
+                cbir_pb2_grpc.ShardStub(channel).LoadIndex(
+                    cbir_pb2.LoadIndexRequest(index_uri=glove_v1.root), timeout=30)
         print(f"\nrollout: queries={report.queries} failed={report.failed} "
               f"partial={report.partial} wrong={report.wrong} by_version="
               f"{ {v[:10]: n for v, n in report.by_version.items()} } "
               f"version_retries="
               f"{coordinator.metric('cbir_coordinator_version_retries_total'):.0f} "
-              f"v3 refused: {refused.value.code().name}: {refused.value.details()}")
+              f"shard 1 serves {drift.index_uri} while the pointer names {drift.pointer_target}; "
+              f"manual LoadIndex: {refused.value.code().name}")
         assert report.failed == 0, report.errors[:5]
         assert report.partial == 0, report.errors[:5]
         assert report.wrong == 0, report.errors[:5]  # every answer = one version's exact top-k
@@ -106,8 +111,8 @@ def test_pointer_rollout_under_load(glove_v1: Version, glove_v2: Version,
         assert set(before) == {glove_v1.version}
         assert set(after) == {glove_v2.version}
         assert set(during_v3) == {glove_v2.version}  # v3 is incomplete: never answered
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "checksum" in refused.value.details()
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (drift.index_uri, drift.pointer_target) == (glove_v2.root, v3.root)  # visible
         assert all(held(r)[0] == glove_v2.version for r in replicas[1])
         assert read_pointer(pointer) == v3.root
     finally:

@@ -176,3 +176,28 @@ def test_no_token_in_any_log(cluster: SecureCluster, glove_v1: Version,
     assert "refused" in text  # the refusals were logged...
     for token in ALL_TOKENS:  # ...without the tokens
         assert token not in text
+
+
+def test_mtls_without_tokens_still_refuses_load_index(cluster: SecureCluster, glove_v1: Version,
+                                                     tmp_path: Path) -> None:
+    """The prod overlay's setup (mutual TLS, no tokens): a client holding a valid certificate -
+    like the coordinator's - may search but not swap the index; the loopback admin port may."""
+    pki = cluster.pki
+    tls_args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+                "--tls-ca", str(pki.ca), "--tls-require-client-cert", "--admin-port", "0"]
+    shard = ShardProcess(0, ["--index", glove_v1.root], tmp_path, tls_args).start()
+    client_tls = TlsConfig(ca_file=pki.ca, cert_file=pki.client.cert, key_file=pki.client.key)
+    try:
+        assert shard.proc is not None and shard.proc.stdout is not None
+        admin = shard.proc.stdout.readline().strip().rsplit(" ", 1)[1]  # "admin listening on"
+        shard.wait_serving(channel_factory=lambda a: secure_or_insecure_sync_channel(a, client_tls))
+        with secure_or_insecure_sync_channel(shard.address, client_tls) as channel:
+            assert stats(channel).count > 0
+            error = refused(lambda: load_index(channel, glove_v1.root))
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "--admin-port" in (error.details() or "")
+        with grpc.insecure_channel(admin) as channel:
+            assert load_index(channel, glove_v1.root).index_version == glove_v1.version
+    finally:
+        shard.stop()
+    assert "refused /cbir.v1.Shard/LoadIndex" in shard.logs()

@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cbir.rpc.auth import AuthConfig, BearerTokenInterceptor
+from cbir.rpc.auth import AuthConfig
+from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.security import TlsConfig, server_credentials
 from cbir.rpc.serving import Serving
 from protos import cbir_pb2, cbir_pb2_grpc

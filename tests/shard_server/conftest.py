@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +73,29 @@ def config(root: str, shard: int = 0, limits: Limits = DEFAULT_LIMITS,
                                                 limits=limits, **kw))  # type: ignore[arg-type]
 
 
+def with_admin(cfg: ServerConfig, root: str) -> ServerConfig:
+    """``cfg`` plus a loopback admin port (any free port) and this allowed index root."""
+    return dataclasses.replace(cfg, admin_port=0, allowed_index_root=root)
+
+
 @pytest.fixture
-def server(flat_index: BuiltIndex) -> Iterator[ThreadedServer]:
-    with serve_in_thread(config(flat_index.root)) as running:
+def server(flat_index: BuiltIndex, tmp_path_factory: pytest.TempPathFactory,
+           ) -> Iterator[ThreadedServer]:
+    # Every index these tests build lies under pytest's base temp folder.
+    root = str(tmp_path_factory.getbasetemp())
+    with serve_in_thread(with_admin(config(flat_index.root), root)) as running:
         yield running
 
 
 @pytest.fixture
 def stub(server: ThreadedServer) -> Iterator[cbir_pb2_grpc.ShardStub]:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield cbir_pb2_grpc.ShardStub(channel)
+
+
+@pytest.fixture
+def admin_stub(server: ThreadedServer) -> Iterator[cbir_pb2_grpc.ShardStub]:
+    """The same server's loopback admin port, where LoadIndex needs no token."""
+    assert server.server is not None
+    with grpc.insecure_channel(f"127.0.0.1:{server.server.admin_port}") as channel:
         yield cbir_pb2_grpc.ShardStub(channel)

@@ -198,20 +198,22 @@ def _corrupt_copy(src: str, dst: Path) -> str:
 
 def test_load_index_swaps_versions_and_refuses_a_corrupt_one(
     flat_index: BuiltIndex, flat_index_v2: BuiltIndex, stub: cbir_pb2_grpc.ShardStub,
-    tmp_path: Path,
+    admin_stub: cbir_pb2_grpc.ShardStub, tmp_path: Path,
 ) -> None:
     corrupt = _corrupt_copy(flat_index_v2.root, tmp_path / "corrupt")
     with pytest.raises(grpc.RpcError) as err:
-        stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=corrupt), timeout=30)
+        admin_stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=corrupt), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "checksum" in (err.value.details() or "")
     with pytest.raises(grpc.RpcError) as err:
-        stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=str(tmp_path / "none")), timeout=30)
+        admin_stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=str(tmp_path / "none")),
+                             timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     _, _, _, resp = _search(stub, fx.random_vectors(1, DIM), 3)
     assert resp.index_version == flat_index.version  # the old one still serves
 
-    swap = stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=flat_index_v2.root), timeout=30)
+    swap = admin_stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=flat_index_v2.root),
+                                timeout=30)
     assert swap.swapped and swap.index_version == flat_index_v2.version
     assert swap.previous_version == flat_index.version
     rows = flat_index_v2.shard_rows(0)[:2]
@@ -225,10 +227,11 @@ def test_load_index_swaps_versions_and_refuses_a_corrupt_one(
 
 
 def test_load_index_refuses_another_dim(flat_index: BuiltIndex, stub: cbir_pb2_grpc.ShardStub,
+                                        admin_stub: cbir_pb2_grpc.ShardStub,
                                         tmp_path: Path) -> None:
     other = build(tmp_path, "d8", n=100, dim=8)
     with pytest.raises(grpc.RpcError) as err:
-        stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=other.root), timeout=30)
+        admin_stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=other.root), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "dim 8 != serving dim 16" in (err.value.details() or "")
     stats = stub.Stats(cbir_pb2.StatsRequest(), timeout=5)

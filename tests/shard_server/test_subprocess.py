@@ -1,5 +1,6 @@
 """The shard server as a real process (`python -m shard_server`): port-0 announcement, health,
-search, SIGTERM drain, and a clean error for a missing index."""
+search, SIGTERM drain, a clean error for a missing index, and a pointer follower with an admin
+port facing a hostile pointer file."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from cbir.rpc.health import wait_serving
 from protos import cbir_pb2, cbir_pb2_grpc
@@ -56,3 +59,48 @@ def test_subprocess_missing_index_exits_with_a_clear_error(tmp_path: Path) -> No
     assert proc.returncode == 2
     assert "cbir serve-shard: error: no index for shard 0" in err
     assert "Traceback" not in err
+
+
+def _wait_for(path: Path, text: str, timeout_s: float = 60.0) -> str:
+    end = time.monotonic() + timeout_s
+    while text not in (content := path.read_text(errors="replace")):
+        assert time.monotonic() < end, f"no {text!r} in the log:\n{content}"
+        time.sleep(0.1)
+    return content
+
+
+def test_pointer_follower_with_admin_port_and_hostile_pointer(flat_index: BuiltIndex,
+                                                              tmp_path: Path) -> None:
+    """A real process: announces its loopback admin port, refuses a manual LoadIndex there (the
+    pointer is authoritative), and a pointer file full of CR / ANSI escapes reaches its log
+    only as a description, never raw."""
+    pointer = tmp_path / "CURRENT"
+    pointer.write_text(flat_index.root + "\n")
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("w") as log_file:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CBIR_LOG_LEVEL": "INFO"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shard_server", "--index-pointer", str(pointer),
+             "--allowed-index-root", str(Path(flat_index.root).parent), "--shard", "0",
+             "--port", "0", "--admin-port", "0", "--pointer-interval", "0.2"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        admin = proc.stdout.readline().strip()
+        assert admin.startswith("admin listening on 127.0.0.1:"), admin
+        wait_serving(f"127.0.0.1:{port}", timeout_s=60)
+        with grpc.insecure_channel(admin.rsplit(" ", 1)[1]) as channel, \
+                pytest.raises(grpc.RpcError) as info:
+            cbir_pb2_grpc.ShardStub(channel).LoadIndex(
+                cbir_pb2.LoadIndexRequest(index_uri=flat_index.root), timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        pointer.write_text("s3://evil/v2\r\x1b[2K\x1b[31mFAKE: all good\x1b[0m\x9b1m\n")
+        log = _wait_for(log_path, "holds control characters")
+        assert "\x1b" not in log and "\r" not in log and "\x9b" not in log
+        assert "FAKE" not in log  # described, not quoted
+        time.sleep(1.0)  # five more polls: counted, not logged again
+        assert log_path.read_text().count("holds control characters") == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
