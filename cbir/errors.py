@@ -58,3 +58,16 @@ class ModelMismatch(FailedPrecondition):
 
 class IdCollision(CbirError):
     """Two distinct keys hashed to the same 63-bit image id."""
+
+
+class NoSuchObject(NotFound):
+    """A named object or file does not exist (the bucket may well exist)."""
+
+
+class StreamCut(Unavailable):
+    """An object's body broke off after the server answered 2xx: only a new request helps.
+    ``retries``: request attempts botocore had already retried before that answer."""
+
+    def __init__(self, message: str, retries: int = 0) -> None:
+        super().__init__(message)
+        self.retries = retries

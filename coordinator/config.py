@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cbir.limits import DEFAULT_LIMITS, Limits
-from cbir.model_names import DEFAULT_MODEL, MODEL_NAMES
+from cbir.model_names import DEFAULT_MODEL, MODEL_NAMES, RUNTIME_NAMES
 from cbir.options import nested, option
 from cbir.rpc.security import ClientSecurity, ServerSecurity
 
@@ -61,6 +61,9 @@ class CoordinatorConfig:
     weights: str | None = option(None, help="model weights path or s3:// URI")
     device: str | None = option(None,
                                 help="torch device for the query embedder (default: auto)")
+    runtime: str = option("auto", choices=RUNTIME_NAMES,
+                          help="query embedder runtime: auto (CUDA torch on a GPU, ONNX Runtime "
+                               "on CPU) | torch | onnxruntime (same embeddings to 1e-4)")
     image_queries: bool = option(True, help="serve vector and image-id queries only (no torch "
                                             "needed)")
     hedge_after_ms: float | None = option(

@@ -42,7 +42,9 @@ class CbirQueryEmbedder:
         self.version = str(embedder.version)
 
     def embed_batch(self, images: Sequence[bytes]) -> list[np.ndarray | BadImage]:
-        result = self._embedder.embed_bytes(list(images))
+        # for_query: the query pixel cap (Limits.max_query_image_pixels), checked from the
+        # header before a pixel is decoded.
+        result = self._embedder.embed_bytes(list(images), for_query=True)
         out: list[np.ndarray | BadImage] = [
             BadImage("no_embedding", "the embedder returned nothing") for _ in images
         ]
@@ -54,10 +56,12 @@ class CbirQueryEmbedder:
         return out
 
 
-def load_query_embedder(name: str, weights: str | None, device: str | None) -> QueryEmbedder:
+def load_query_embedder(
+    name: str, weights: str | None, device: str | None, runtime: str = "auto"
+) -> QueryEmbedder:
     from cbir.embedding import load_embedder  # torch lives behind this import
 
-    return CbirQueryEmbedder(load_embedder(name, weights, device))
+    return CbirQueryEmbedder(load_embedder(name, weights, device, runtime))
 
 
 def check_image_bytes(image: bytes, limits: Limits) -> None:

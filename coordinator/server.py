@@ -53,7 +53,8 @@ def topology_source(config: CoordinatorConfig) -> TopologySource:
 def default_embedder_factory(config: CoordinatorConfig) -> EmbedderFactory | None:
     if not config.image_queries:
         return None
-    return lambda: load_query_embedder(config.model, config.weights, config.device)
+    return lambda: load_query_embedder(config.model, config.weights, config.device,
+                                       config.runtime)
 
 
 class CoordinatorServer:

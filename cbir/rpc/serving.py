@@ -4,8 +4,8 @@ Per-connection limits (why each): ``max_concurrent_streams`` bounds how many req
 connection can have in memory at once (each up to its method's byte budget, see
 ``cbir.rpc.request_limits``); idle connections are closed so a client that opens many and walks
 away does not hold them; ``max_connection_age`` makes long-lived clients reconnect now and then,
-which lets a Service spread them over new replicas, with a grace longer than the longest deadline
-so no call is cut short.
+which lets a Service spread them over new replicas, with a grace longer than the longest
+deadline so no call is cut short.
 """
 
 from __future__ import annotations
