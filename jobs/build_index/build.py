@@ -30,7 +30,7 @@ from cbir.schema import (
     write_manifest,
 )
 from jobs import engines
-from jobs.build_index import embeddings_run, select, tune
+from jobs.build_index import embeddings_run, select, train_device, tune
 from jobs.build_index import manifest as manifests
 from jobs.engines import EngineOptions
 from jobs.progress import Progress
@@ -62,6 +62,9 @@ class BuildConfig:
     seed: int = 1234
     faiss_threads: int = option(0, non_negative=True,
                                 help="OpenMP threads per shard task (0 = all cores)")
+    train_device: str = option("auto", choices=("auto", "cpu", "cuda"),
+                               help="where IVF k-means trains: auto (the GPU when faiss-gpu "
+                               "sees one, else CPU) | cpu | cuda")
     # Build only this shard (one pod of a Kubernetes Indexed Job); None = every shard.
     shard_only: int | None = option(
         None, non_negative=True, metavar="K", help="build shard K only (one pod per shard, "
@@ -106,7 +109,7 @@ def train(dataset: embeddings_run.ds.Dataset, dim: int, factory: str, count: int
         sample = embeddings_run.read_sample(dataset, dim, config.train_size / max(count, 1))
         log.info("training %s on %d sampled vectors", factory, len(sample))
         try:
-            index.train(sample)
+            train_device.train(index, sample, train_device.resolve(config.train_device))
         except RuntimeError as exc:
             raise errors.InvalidArgument(
                 f"cannot train {factory!r} on {len(sample)} vectors: {exc}"

@@ -23,6 +23,7 @@ class BackfillConfig:
     dim: int
     weights: str | None = None
     device: str | None = None
+    runtime: str = "auto"  # auto | torch | onnxruntime (cbir.embedding.runtimes)
     batch_size: int | None = None  # images per model call; None = the embedder's default
     num_shards: int = DEFAULT_NUM_SHARDS
     # None: sized from the bucket and the engine's parallelism (at most the default), so a

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cbir import schema, storage
 from cbir.embedding import DEFAULT_MODEL, describe_model
 from cbir.errors import InvalidArgument, NotFound
+from cbir.model_names import RUNTIME_NAMES
 from cbir.options import nested, option
 from jobs import engines
 from jobs.embed import plan
@@ -28,9 +29,11 @@ from jobs.embed.config import (
     ObjectRef,
     TaskResult,
 )
+from jobs.embed.gpu import spark_gpu_conf
 from jobs.embed.task import embed_and_commit
 from jobs.engines import EngineOptions
 from jobs.progress import Progress
+from jobs.spark_session import DEFAULT_MASTER
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class JobOptions:
     model: str = option(DEFAULT_MODEL, help="efficientnet_lite0 (1280-d) | resnet50 (2048-d)")
     weights: str | None = option(None, help="model weights (state_dict): local path or s3:// URI")
     device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda if any)")
+    runtime: str = option("auto", choices=RUNTIME_NAMES,
+                          help="auto (CUDA torch on a GPU, ONNX Runtime on CPU) | torch | "
+                          "onnxruntime; every runtime gives the same embeddings (1e-4)")
     batch_size: int | None = option(None, positive=True,
                                     help="images per model call (default: the model's)")
     num_shards: int = option(DEFAULT_NUM_SHARDS, positive=True, help="fills shard = id %% N")
@@ -81,7 +87,8 @@ def build_config(opts: JobOptions) -> BackfillConfig:
     info = describe_model(opts.model, opts.weights)  # unknown model / missing weights fail here
     return BackfillConfig(
         input=opts.input, output=opts.output, model=info.name, model_version=info.version,
-        dim=info.dim, weights=opts.weights, device=opts.device, batch_size=opts.batch_size,
+        dim=info.dim, weights=opts.weights, device=opts.device, runtime=opts.runtime,
+        batch_size=opts.batch_size,
         num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
         io_threads=opts.io_threads,
     )
@@ -169,7 +176,7 @@ def run_backfill(
     allow_empty: bool = False, work_fn: WorkFn = embed_and_commit,
 ) -> schema.EmbedManifest:
     """``work_fn`` is the task body (``embed_and_commit``); tests wrap it to inject faults."""
-    options = options or EngineOptions()
+    options = _with_gpu_resources(options or EngineOptions(), config)
     start = time.perf_counter()
     check(config, options)
     s3_retries_before = storage.S3_REQUESTS.retries()
@@ -187,6 +194,15 @@ def run_backfill(
     log.info("backfill done: %d images, %d errors, %d parts (%d new)", manifest.num_images,
              manifest.num_errors, len(manifest.parts), sum(r.written for r in results))
     return manifest
+
+
+def _with_gpu_resources(options: EngineOptions, config: BackfillConfig) -> EngineOptions:
+    """On a cluster with CUDA, Spark's GPU scheduling binds one GPU per task; the user's own
+    --conf entries come last, so they win."""
+    gpu = spark_gpu_conf(config.device, options.master or DEFAULT_MASTER)
+    if options.engine != "spark" or not gpu:
+        return options
+    return dataclasses.replace(options, conf=(*gpu.items(), *options.conf))
 
 
 def _task_objects(task: EmbedTask) -> int:
