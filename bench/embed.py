@@ -160,12 +160,13 @@ def bench_queries(images: list[bytes]) -> dict[str, Any]:
 
 def _backfill(input_uri: str, output: str, engine: str, per_task: int) -> dict[str, Any]:
     from jobs.embed.job import JobOptions, build_config, run_backfill
+    from jobs.engines import EngineOptions
 
     config = build_config(JobOptions(input=input_uri, output=output, device="cpu",
                                      objects_per_task=per_task))
     t0 = time.perf_counter()
-    manifest = run_backfill(config, engine=engine, master="local[*]",  # type: ignore[arg-type]
-                            show_progress=False)
+    options = EngineOptions(engine, "local[*]")  # type: ignore[arg-type]
+    manifest = run_backfill(config, options, show_progress=False)
     dt = time.perf_counter() - t0
     return {"images_per_s": round(manifest.num_images / dt, 2), "wall_s": round(dt, 2),
             "images": manifest.num_images, "errors": manifest.num_errors,

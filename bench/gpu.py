@@ -123,13 +123,14 @@ def resnet50_weights(work: Path) -> str:
 def backfill(bucket: str, model: str, weights: str | None, run: str, gpus: int
              ) -> dict[str, Any]:
     from jobs.embed.job import JobOptions, build_config, run_backfill
+    from jobs.engines import EngineOptions
 
     config = build_config(JobOptions(
         input=f"s3://{bucket}/img", output=f"s3://{bucket}/out/{model}-{run}", model=model,
         weights=weights, device="cuda", runtime="torch", objects_per_task=512, io_threads=32))
     with GpuSampler() as sampler:
         t0 = time.perf_counter()
-        manifest = run_backfill(config, engine="spark", master=f"local[{2 * gpus}]",
+        manifest = run_backfill(config, EngineOptions("spark", f"local[{2 * gpus}]"),
                                 show_progress=False)
         dt = time.perf_counter() - t0
     rate = manifest.num_images / dt

@@ -18,7 +18,7 @@ from cbir.embedding import Embedder, load_embedder, set_torch_threads
 from cbir.embedding.preprocess import Prepared, check_size
 from cbir.errors import BadImage, ModelMismatch
 from cbir.limits import Limits
-from jobs.embed import reader
+from jobs.embed import fetch
 from jobs.embed.config import BackfillConfig, EmbedTask, ObjectRef
 from jobs.embed.gpu import task_device
 from jobs.embed.writer import ErrorRows, PartRows
@@ -59,14 +59,10 @@ def embedder_for(
 def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits) -> Outcome:
     try:
         check_size(ref.size, limits)  # the listing's size: no GET for an empty/oversized object
-    except BadImage as exc:
-        return Outcome(ref, exc, ref.size)
-    try:
-        data, retries = reader.fetch(bucket, ref.key)
-    except reader.MissingObject:
-        return Outcome(ref, BadImage("missing", "deleted after listing"), None)
-    except reader.ObjectUnreadable as exc:  # permanent refusal: record, don't fail the task
-        return Outcome(ref, BadImage(exc.reason, exc.detail), None)
+        data, retries = fetch.fetch(bucket, ref.key, limits.max_image_bytes, ref.size)
+    except BadImage as exc:  # bad bytes or a permanent per-object refusal: recorded, not fatal
+        return Outcome(ref, exc, None if exc.reason in ("missing", "access_denied",
+                                                        "unreadable") else ref.size)
     if emb.decodes_on_device:  # CUDA: nvJPEG decodes the batch in _collect
         return Outcome(ref, data, len(data), retries)
     return Outcome(ref, emb.try_prepare(data), len(data), retries)
