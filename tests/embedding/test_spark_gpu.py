@@ -49,9 +49,9 @@ def test_task_device_outside_spark_keeps_the_configured_device() -> None:
 def test_task_device_inside_real_spark_tasks(spark: object) -> None:
     """In real Spark tasks without GPU resources, a bare "cuda" stays "cuda" (one visible GPU
     or none) and cpu stays cpu: the binding only happens when Spark assigned a GPU."""
-    from jobs.embed.gpu import task_device
-
     import torch
+
+    from jobs.embed.gpu import task_device
 
     sc = spark.sparkContext  # type: ignore[attr-defined]
     seen = sc.parallelize(range(4), 4).map(
