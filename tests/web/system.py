@@ -23,7 +23,7 @@ from demo.photos import Photo, encode_jpeg
 from demo.processes import free_port
 from jobs.build_index.build import BuildConfig, build_index
 from jobs.embed.job import JobOptions, build_config, run_backfill
-from jobs.engine_types import EngineOptions
+from jobs.engines import EngineOptions
 from shard_server.index_store import Expectations
 from shard_server.searcher import SearcherConfig
 from shard_server.server import ServerConfig, ThreadedServer
@@ -98,13 +98,11 @@ def seed(photos: list[Photo]) -> tuple[str, dict[str, str], dict[str, Photo]]:
 def build(bucket: str, count: int) -> str:
     """Backfill + index build, both into S3; the index version's root."""
     embeddings, index = f"s3://{bucket}/data/embeddings", f"s3://{bucket}/data/indexes/v1"
-    sequential = EngineOptions("sequential")
     config = build_config(JobOptions(input=f"s3://{bucket}/photos", output=embeddings,
-                                     num_shards=SHARDS, device="cpu", engine=sequential))
-    manifest = run_backfill(config, sequential, show_progress=False)
+                                     num_shards=SHARDS))
+    manifest = run_backfill(config, EngineOptions("sequential"), show_progress=False)
     assert manifest.num_images == count, manifest
-    assert build_index(BuildConfig(embeddings=embeddings, output=index, num_shards=SHARDS,
-                                   factory="Flat", tune_queries=5), show_progress=False)
+    assert build_index(BuildConfig(embeddings, index, SHARDS, "Flat", tune_queries=5))
     return index
 
 
