@@ -3,8 +3,8 @@
 ``build_index`` (driver) reads the embeddings manifest, picks the factory, trains the empty
 index and serialises it, then runs ``run_task`` once per shard - sequentially or as Spark tasks
 (same function, same inputs: a small ``ShardTask`` descriptor plus the trained index bytes).
-Each task writes ``shard=NNN/{index.faiss, ids.parquet, manifest.json}`` (manifest last); the
-driver writes the top-level ``manifest.json`` after every shard committed.
+Each task writes ``shard=NNN/{index.faiss, ids.parquet, metadata.parquet, manifest.json}``
+(manifest last); the driver writes the top-level ``manifest.json`` after every shard committed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from cbir.schema import (
     write_manifest,
 )
 from jobs.build_index import manifest as manifests
-from jobs.build_index import reader, select, tune
+from jobs.build_index import metadata, reader, select, tune
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class ShardTask:
     seed: int
     faiss_threads: int
     endpoint_url: str | None  # S3 endpoint the driver uses (not a credential)
+    attribute_names: tuple[str, ...] = ()  # of the whole run: the same columns on every shard
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,10 @@ def build_shard(task: ShardTask, trained: bytes) -> ShardManifest:
     shard_root = index_layout.shard_uri(task.output, task.shard)
     storage.write_bytes(storage.join(shard_root, index_layout.INDEX_FILE), data)
     storage.write_bytes(storage.join(shard_root, index_layout.IDS_FILE), _ids_parquet(rows))
+    # Filterable metadata beside the ids (docs/filters.md); before the manifest, the commit.
+    storage.write_bytes(storage.join(shard_root, index_layout.METADATA_FILE),
+                        metadata.metadata_parquet(
+                            metadata.read_metadata(dataset, rows.ids, task.attribute_names)))
     shard_manifest = _shard_manifest(task, rows, data, tuned)
     write_manifest(storage.join(shard_root, INDEX_MANIFEST), shard_manifest)  # the commit
     log.info("shard %d: %d vectors, %s, recall@10=%s", task.shard, len(rows),
@@ -200,7 +205,7 @@ def plan(config: BuildConfig) -> tuple[list[ShardTask], bytes, EmbedManifest]:
     base = ShardTask(0, config.num_shards, config.embeddings, config.output, embed.dim, factory,
                      version, embed.model, embed.model_version, config.target_recall,
                      config.tune_queries, config.seed, config.faiss_threads,
-                     storage.endpoint_url())
+                     storage.endpoint_url(), metadata.attribute_names(dataset))
     shards = range(config.num_shards) if config.shard_only is None else [config.shard_only]
     return [replace(base, shard=s) for s in shards], trained, embed
 

@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="objects per task = per Parquet part")
     parser.add_argument("--io-threads", type=int, default=DEFAULT_IO_THREADS,
                         help="fetch+decode threads per task")
+    parser.add_argument("--with-tags", action="store_true",
+                        help="keep each object's tags as attributes tag_NAME (one more request "
+                             "per object)")
+    parser.add_argument("--attributes", default=None, metavar="URI",
+                        help="sidecar table (Parquet or CSV, local or s3://) with a 'key' "
+                             "column: its typed columns become filterable metadata")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         input=args.input, output=args.output, model=args.model, weights=args.weights,
         device=args.device, batch_size=args.batch_size, num_shards=args.num_shards,
         objects_per_task=args.objects_per_task, io_threads=args.io_threads,
-        engine=args.engine, master=args.master,
+        engine=args.engine, master=args.master, with_tags=args.with_tags,
+        attributes=args.attributes,
     )
     config = build_config(opts)
     manifest = run_backfill(config, opts.engine, opts.master,

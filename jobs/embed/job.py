@@ -13,7 +13,7 @@ from tqdm import tqdm
 from cbir import schema, storage
 from cbir.embedding import DEFAULT_MODEL, describe_model
 from cbir.errors import InvalidArgument
-from jobs.embed import plan
+from jobs.embed import plan, sidecar
 from jobs.embed.config import (
     DEFAULT_IO_THREADS,
     DEFAULT_OBJECTS_PER_TASK,
@@ -41,6 +41,8 @@ class JobOptions:
     io_threads: int = DEFAULT_IO_THREADS
     engine: Engine = "spark"
     master: str | None = None
+    with_tags: bool = False
+    attributes: str | None = None  # sidecar table URI (Parquet or CSV), joined by key
 
 
 def build_config(opts: JobOptions) -> BackfillConfig:
@@ -49,11 +51,13 @@ def build_config(opts: JobOptions) -> BackfillConfig:
     if opts.num_shards <= 0:
         raise InvalidArgument(f"--num-shards must be positive, got {opts.num_shards}")
     info = describe_model(opts.model, opts.weights)  # unknown model / missing weights fail here
+    if opts.attributes:
+        sidecar.load_sidecar(opts.attributes)  # a bad sidecar fails here, not in every task
     return BackfillConfig(
         input=opts.input, output=opts.output, model=info.name, model_version=info.version,
         dim=info.dim, weights=opts.weights, device=opts.device, batch_size=opts.batch_size,
         num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
-        io_threads=opts.io_threads,
+        io_threads=opts.io_threads, with_tags=opts.with_tags, attributes=opts.attributes,
     )
 
 

@@ -31,6 +31,7 @@ class Outcome:
     result: Prepared | BadImage
     nbytes: int | None
     retries: int = 0
+    meta: reader.ObjectMeta | None = None
 
 
 @dataclass
@@ -54,18 +55,21 @@ def embedder_for(
     return emb
 
 
-def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits) -> Outcome:
+def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits,
+                   with_tags: bool = False) -> Outcome:
     try:
         check_size(ref.size, limits)  # the listing's size: no GET for an empty/oversized object
     except BadImage as exc:
         return Outcome(ref, exc, ref.size)
     try:
-        data, retries = reader.fetch(bucket, ref.key)
+        data, retries, meta = reader.fetch_with_meta(bucket, ref.key)
+        if with_tags:
+            meta.attributes.update(reader.fetch_tags(bucket, ref.key))
     except reader.MissingObject:
         return Outcome(ref, BadImage("missing", "deleted after listing"), None)
     except reader.ObjectUnreadable as exc:  # permanent refusal: record, don't fail the task
         return Outcome(ref, BadImage(exc.reason, exc.detail), None)
-    return Outcome(ref, emb.try_prepare(data), len(data), retries)
+    return Outcome(ref, emb.try_prepare(data), len(data), retries, meta)
 
 
 def _collect(
@@ -83,6 +87,7 @@ def _collect(
         rows.keys.append(uri)
         rows.sizes.append(out.result.size)
         rows.nbytes.append(out.nbytes or 0)
+        rows.add_meta(out.meta)
         good.append(out.result.pixels)
     if good:
         rows.vectors.append(emb.embed_pixels(np.stack(good)))
@@ -97,8 +102,8 @@ def embed_task(config: BackfillConfig, task: EmbedTask) -> tuple[PartRows, Error
     with ThreadPoolExecutor(max(1, config.io_threads)) as pool:
 
         def submit(chunk: tuple[ObjectRef, ...]) -> list[Future[Outcome]]:
-            return [pool.submit(_fetch_prepare, emb, task.bucket, r, config.limits)
-                    for r in chunk]
+            return [pool.submit(_fetch_prepare, emb, task.bucket, r, config.limits,
+                                config.with_tags) for r in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         for i in range(len(chunks)):

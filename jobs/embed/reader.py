@@ -9,7 +9,9 @@ never retried: the caller records them with a reason."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import (
@@ -66,6 +68,21 @@ class ObjectUnreadable(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What the GET response says about the object (kept as filterable metadata)."""
+
+    last_modified: dt.datetime | None = None
+    content_type: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)  # x-amz-meta-NAME -> NAME
+
+
+def object_meta(resp: dict[str, Any]) -> ObjectMeta:
+    # boto3 already strips the x-amz-meta- prefix; S3 lower-cases the names.
+    user = {str(k).lower(): str(v) for k, v in (resp.get("Metadata") or {}).items()}
+    return ObjectMeta(resp.get("LastModified"), resp.get("ContentType"), user)
+
+
 class _StreamCut(Exception):
     """The body stream broke after a 2xx response: only a fresh GET can recover it."""
 
@@ -101,11 +118,13 @@ def _botocore_retries(meta: dict[str, Any]) -> int:
     return int(meta.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
 
 
-def _get_once(bucket: str, key: str, retries: list[int]) -> bytes:
+def _get_once(bucket: str, key: str, retries: list[int], meta: list[ObjectMeta]) -> bytes:
     """One GetObject (botocore retries the request itself) + reading its body; botocore's
-    retries are added to ``retries[0]`` even when the body then breaks."""
+    retries are added to ``retries[0]`` even when the body then breaks; the response's object
+    metadata goes to ``meta[0]``."""
     resp = storage.s3_client().get_object(Bucket=bucket, Key=key)
     retries[0] += _botocore_retries(resp)
+    meta[0] = object_meta(resp)
     body = resp["Body"]
     try:
         return bytes(body.read())
@@ -127,19 +146,37 @@ def _classify(exc: ClientError, bucket: str, key: str) -> Exception:
 
 
 def fetch(bucket: str, key: str) -> tuple[bytes, int]:
+    """(object bytes, retries): ``fetch_with_meta`` without the metadata."""
+    data, retries, _ = fetch_with_meta(bucket, key)
+    return data, retries
+
+
+def fetch_tags(bucket: str, key: str) -> dict[str, str]:
+    """The object's tags as ``tag_NAME`` attributes (one more request: --with-tags)."""
+    try:
+        resp = storage.s3_client().get_object_tagging(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        raise _classify(exc, bucket, key) from exc
+    except BotoCoreError as exc:
+        raise translate(exc, f"s3://{bucket}/{key}") from exc
+    return {f"tag_{t['Key'].lower()}": str(t["Value"]) for t in resp.get("TagSet", [])}
+
+
+def fetch_with_meta(bucket: str, key: str) -> tuple[bytes, int, ObjectMeta]:
     """(object bytes, retries used: botocore's request retries + tenacity's re-GETs after a
     cut body). Raises MissingObject / ObjectUnreadable for permanent per-object refusals, or a
     typed cbir error (Unavailable once retries are exhausted: the task fails, Spark retries it).
     """
     retries = [0]
+    meta = [ObjectMeta()]
     try:
         for attempt in Retrying(retry=retry_if_exception_type(_StreamCut),
                                 stop=stop_after_attempt(STREAM_ATTEMPTS),
                                 wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
                                 before_sleep=_log_retry, reraise=True):
             with attempt:
-                data = _get_once(bucket, key, retries)
-        return data, retries[0] + attempt.retry_state.attempt_number - 1
+                data = _get_once(bucket, key, retries, meta)
+        return data, retries[0] + attempt.retry_state.attempt_number - 1, meta[0]
     except ClientError as exc:
         raise _classify(exc, bucket, key) from exc
     except _StreamCut as exc:

@@ -41,7 +41,7 @@ def run_task(task: EmbedTask, config: BackfillConfig) -> TaskResult:
                            writer.errors_table(errors))
     testhooks.maybe_die("before_commit", task.part)
     table = writer.embeddings_table(rows, config.dim, config.model, config.model_version,
-                                    config.num_shards)
+                                    config.num_shards, config.attributes, task.bucket)
     writer.write_table(target, table)
     testhooks.maybe_die("after_commit", task.part)
     return TaskResult(
