@@ -37,7 +37,7 @@ def attribute_names(dataset: ds.Dataset) -> tuple[str, ...]:
         return ()
     names: set[str] = set()
     for batch in dataset.to_batches(columns=[ATTRIBUTES]):
-        keys = pc.list_flatten(pc.map_keys(batch.column(ATTRIBUTES)))
+        keys = batch.column(ATTRIBUTES).keys  # every entry's name (MapArray.keys)
         names.update(k for k in pc.unique(keys).to_pylist() if k)
         if len(names) > MAX_ATTRIBUTE_NAMES:
             raise FailedPrecondition(
