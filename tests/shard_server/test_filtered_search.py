@@ -66,9 +66,10 @@ def flat(tmp_path_factory: pytest.TempPathFactory) -> ff.MetaIndex:
                                fx.random_vectors(3000, 16, seed=3), "Flat")
 
 
-def open_stub(root: str, shard: int = 0, **kw: object
+def open_stub(root: str, shard: int = 0, filter_config: FilterConfig | None = None
               ) -> Iterator[cbir_pb2_grpc.ShardStub]:
-    with serve_in_thread(config(root, shard, **kw)) as running, \
+    cfg = config(root, shard, filter=filter_config or FilterConfig())
+    with serve_in_thread(cfg) as running, \
             grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield cbir_pb2_grpc.ShardStub(channel)
 
@@ -160,8 +161,8 @@ def test_ann_recall_under_filters(ann: ff.MetaIndex, exact: str) -> None:
     """With the served defaults, and with no row-count threshold, so that at this size 10%
     and 50% go through the Faiss selector (the fraction threshold still sends <= 2% to brute
     force: through the selector HNSW32 reached only ~0.88 at 1% here, docs/filters.md)."""
-    kw = {} if exact == "default" else {"filter": FilterConfig(exact_rows=16)}
-    for stub in open_stub(ann.root, **kw):
+    chosen = FilterConfig() if exact == "default" else FilterConfig(exact_rows=16)
+    for stub in open_stub(ann.root, filter_config=chosen):
         recalls = {name: recall_at_10(ann, stub, pct) for name, pct in SELECTIVITY.items()}
         assert min(recalls.values()) >= 0.95, recalls
 
