@@ -12,6 +12,7 @@ from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.model_names import DEFAULT_MODEL, MODEL_NAMES
 from cbir.options import nested, option
 from cbir.rpc.security import ClientSecurity, ServerSecurity
+from coordinator.caching import CacheConfig
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class CoordinatorConfig:
     metrics_port: int | None = option(None, non_negative=True,
                                       help="serve Prometheus metrics on this port")
     balancer: BalancerConfig = nested(BalancerConfig)
+    cache: CacheConfig = nested(CacheConfig)
     limits: Limits = nested(lambda: DEFAULT_LIMITS)
     # TLS / bearer tokens callers must present, and how the coordinator dials its shards.
     security: ServerSecurity = field(default_factory=ServerSecurity)

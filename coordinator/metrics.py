@@ -60,6 +60,10 @@ class CoordinatorMetrics:
             "Shard calls re-sent because a replica did not hold the pinned index version",
             ["shard"], registry=r,
         )
+        self.cache_lookups = Counter(
+            "cbir_coordinator_cache_lookups", "Cache lookups by cache (result | embedding) and "
+            "result (hit | miss)", ["cache", "result"], registry=r,
+        )
         self.live_replicas = Gauge(
             "cbir_coordinator_live_replicas", "Replicas in rotation per shard", ["shard"],
             registry=r,

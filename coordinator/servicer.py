@@ -14,6 +14,7 @@ from cbir.errors import FailedPrecondition, InvalidArgument, ModelMismatch, Unav
 from cbir.rpc.deadlines import remaining_s
 from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
+from coordinator.caching import QueryCaches
 from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.queries import (
@@ -84,6 +85,7 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
         self.state = state
         self.search = search
         self.metrics = metrics
+        self.caches = QueryCaches(config.cache, metrics.cache_lookups)
 
     @grpc_errors
     async def Search(
@@ -116,13 +118,19 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
         k = check_k(request.k, self.config.limits)
         check_params(request.params.nprobe, request.params.ef_search, self.config.limits)
         info = self.state.require_info()
+        key = self.caches.answer_key(request, k, self.search.fanout.pinned_version(),
+                                     info.num_shards)
+        if (cached := self.caches.get_answer(key)) is not None:
+            cached.request_id = request_id
+            return cached
         vector, exclude = await self._query_vector(request, info, deadline, request_id)
         answer = await self.search.search(
-            prepare_query(vector, info.metric), k, request.params, exclude, deadline, request_id
+            prepare_query(vector, info.metric), k, request.params, exclude, deadline, request_id,
+            request.filter.strip(),
         )
         if answer.failed_shards:
             self.metrics.partial.inc()
-        return cbir_pb2.SearchResponse(
+        reply = cbir_pb2.SearchResponse(
             hits=[
                 cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
                 for h in answer.hits
@@ -133,6 +141,8 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
             metric=answer.metric,
             request_id=request_id,
         )
+        self.caches.put_answer(key, reply)
+        return reply
 
     async def _query_vector(
         self, request: cbir_pb2.SearchRequest, info: ClusterInfo, deadline: float,
@@ -144,7 +154,11 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
         if query == "image":
             check_image_bytes(request.image, self.config.limits)
             runner = self.state.require_embedder(info)
-            return await runner.embed(request.image), None
+            digest, vector = self.caches.get_embedding(request.image)
+            if vector is None:
+                vector = await runner.embed(request.image)
+                self.caches.put_embedding(digest, vector)
+            return vector, None
         if query == "image_id":
             check_image_id(request.image_id)
             vector = await self.search.vector_of(request.image_id, deadline, request_id)
@@ -168,4 +182,6 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
             shard_counts=dict(info.counts),
             shard_index_versions=dict(info.versions),
             requests_served=self.metrics.requests_served(),
+            metadata_columns=[cbir_pb2.MetadataColumn(name=n, type=t)
+                              for n, t in info.metadata_columns],
         )
