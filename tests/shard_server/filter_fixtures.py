@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from cbir import storage
 from cbir.ids import image_id
-from cbir.schema import backfill_schema
+from cbir.schema import EMBED_MANIFEST, backfill_schema, write_manifest
 from jobs.build_index.build import BuildConfig, build_index
 from tests.build_index import fixtures as fx
 
@@ -60,11 +61,14 @@ def metadata_table(keys: list[str], vectors: np.ndarray, seed: int = 0) -> pa.Ta
 
 
 def build_meta_index(tmp: Path, name: str, vectors: np.ndarray, factory: str | None,
-                     num_shards: int = 2, seed: int = 0) -> MetaIndex:
+                     num_shards: int = 2, seed: int = 0,
+                     model_version: str = fx.MODEL_VERSION) -> MetaIndex:
     keys = fx.keys_for(len(vectors), bucket=name)
     table = metadata_table(keys, vectors, seed)
     emb = str(tmp / f"{name}-emb")
-    fx.write_run(emb, table)
+    manifest = fx.write_run(emb, table, manifest=False)
+    write_manifest(storage.join(emb, EMBED_MANIFEST),
+                   manifest.model_copy(update={"model_version": model_version}))
     top = build_index(BuildConfig(emb, str(tmp / name), num_shards, factory, tune_queries=200))
     assert top is not None
     ids = np.array([image_id(k) for k in keys], dtype=np.int64)
