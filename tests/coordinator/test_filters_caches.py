@@ -154,7 +154,8 @@ def test_cached_answers_are_never_stale_across_index_rolls(
                     asked += 1
                     stale += [h.image_id for h in got.hits] != truth(got, by_version, q, pct, 10)
             running.roll(target.root)
-            assert wait_for(lambda t=target: client.info().index_version == t.version, 10), roll
+            version = target.version
+            assert wait_for(lambda: client.info().index_version == version, 10), roll  # noqa: B023
             fresh = client.search_vector(queries[0], k=10)
             assert fresh.index_version == target.version  # the first answer after the roll
             stale += [h.image_id for h in fresh.hits] != truth(fresh, by_version, queries[0],
