@@ -43,7 +43,8 @@ def sidecar_csv(path: Path, keys: list[str]) -> str:
     lines = ["key,rating,score,reviewed"]
     # keys 0..4 (one as a full URI), not key 5: its sidecar columns are null.
     for i, key in enumerate(keys[:5]):
-        lines.append(f"{key if i else 's3://' + 'BUCKET/' + key},{i},{i / 10},{str(i % 2 == 0).lower()}")
+        name = key if i else f"s3://BUCKET/{key}"
+        lines.append(f"{name},{i},{i / 10},{str(i % 2 == 0).lower()}")
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
