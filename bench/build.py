@@ -6,7 +6,7 @@ Three views of cbir's build, from one run:
 - ``cli_*``: the wall time of the real command (Python start, Parquet read, training, every
   shard task, manifests; for Spark also the session start) - what an operator waits for;
 - ``library``: the same code path timed phase by phase in this process (``plan`` = manifest,
-  sample and training; then ``run_task`` per shard = read the shard's rows, add, tune search
+  sample and training; then ``build_shard`` per shard = read the shard's rows, add, tune search
   parameters, write index + ids + manifest);
 - ``direct_faiss``: train once on a sample of the same size, then per shard ``add`` +
   ``serialize`` + write, from vectors already in memory (no Parquet, no tuning, no ids table).
@@ -70,17 +70,17 @@ def direct_faiss(vectors: np.ndarray, ids: np.ndarray, cfg: BuildBench, out_dir:
 
 def library_build(embeddings: str, output: str, cfg: BuildBench) -> dict[str, Any]:
     """cbir's build code timed by phase (the sequential engine's exact path)."""
-    from jobs.build_index.build import BuildConfig, plan, run_task
+    from jobs.build_index.build import BuildConfig, build_shard, plan
 
     config = BuildConfig(embeddings=embeddings, output=output, num_shards=cfg.shards,
-                         factory=cfg.factory, engine="sequential", train_size=cfg.train_size)
+                         factory=cfg.factory, train_size=cfg.train_size)
     t0 = time.perf_counter()
     tasks, trained, _ = plan(config)
     plan_s = time.perf_counter() - t0
     per_shard, recalls = [], []
     for task in tasks:
         t1 = time.perf_counter()
-        manifest = run_task(task, trained).unwrap()
+        manifest = build_shard(task, trained)
         per_shard.append(round(time.perf_counter() - t1, 3))
         recalls.append(manifest.recall_at_10)
     return {"plan_and_train_s": round(plan_s, 3), "per_shard_s": per_shard,

@@ -31,6 +31,10 @@ class Unavailable(CbirError):
     """A dependency is down; retrying later or elsewhere may work."""
 
 
+class DeadlineExceeded(Unavailable):
+    """The caller's deadline passed (or was too short) before an answer could be made."""
+
+
 class PermissionDenied(CbirError):
     """Credentials were given but are not allowed to do this."""
 
@@ -54,3 +58,16 @@ class ModelMismatch(FailedPrecondition):
 
 class IdCollision(CbirError):
     """Two distinct keys hashed to the same 63-bit image id."""
+
+
+class NoSuchObject(NotFound):
+    """A named object or file does not exist (the bucket may well exist)."""
+
+
+class StreamCut(Unavailable):
+    """An object's body broke off after the server answered 2xx: only a new request helps.
+    ``retries``: request attempts botocore had already retried before that answer."""
+
+    def __init__(self, message: str, retries: int = 0) -> None:
+        super().__init__(message)
+        self.retries = retries

@@ -1,4 +1,4 @@
-"""The coordinator's caches (no grpc calls): whole answers, and query-image embeddings.
+"""The coordinator's caches (no grpc, no protobuf): whole answers, and query-image embeddings.
 
 Result cache: a ``cbir.cache.AnswerKey`` names everything an answer depends on - the query (a
 digest of the vector's or the image's bytes, or the image id), k, the search params, the
@@ -15,75 +15,66 @@ Both are ``cbir.cache.ByteBudgetCache`` LRUs (a byte budget; 0 = off), counted i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import Counter
 
 from cbir.cache import AnswerKey, ByteBudgetCache, digest
-from cbir.options import option
-from protos import cbir_pb2
+from coordinator.config import CacheConfig
+from coordinator.queries import IndexParams
+from coordinator.search import SearchAnswer
 
 ENTRY_OVERHEAD = 256  # bytes per entry beyond its value: the key, the LRU's bookkeeping
 
 
-@dataclass(frozen=True)
-class CacheConfig:
-    result_cache_bytes: int = option(
-        64 * 1024 * 1024, non_negative=True, metavar="BYTES",
-        help="memory for cached search answers (0 = off); keyed by the index version, so a "
-             "roll never serves an old answer")
-    embedding_cache_bytes: int = option(
-        32 * 1024 * 1024, non_negative=True, metavar="BYTES",
-        help="memory for embeddings of query images, by content hash (0 = off)")
-
-
-def query_digest(request: cbir_pb2.SearchRequest) -> str | None:
+def query_digest(image: bytes | None, vector: Sequence[float] | None, image_id: int | None,
+                 exclude_query_image: bool) -> str | None:
     """What identifies the query itself (None: no query, nothing to cache)."""
-    kind = request.WhichOneof("query")
-    if kind == "image":
-        return digest("image", request.image)
-    if kind == "vector":
-        return digest("vector", np.asarray(request.vector.values, "<f4").tobytes())
-    if kind == "image_id":
-        return f"id:{request.image_id}:{int(request.exclude_query_image)}"
+    if image is not None:
+        return digest("image", image)
+    if vector is not None:
+        return digest("vector", np.asarray(vector, "<f4").tobytes())
+    if image_id is not None:
+        return f"id:{image_id}:{int(exclude_query_image)}"
     return None
 
 
+def answer_size(answer: SearchAnswer) -> int:
+    """About what a cached answer holds in memory (hits dominate)."""
+    return ENTRY_OVERHEAD + sum(96 + len(h.key) for h in answer.hits)
+
+
 class QueryCaches:
-    def __init__(self, config: CacheConfig, lookups: Counter) -> None:
-        self.answers: ByteBudgetCache[bytes] = ByteBudgetCache(
-            config.result_cache_bytes, lambda data: len(data) + ENTRY_OVERHEAD)
+    def __init__(self, config: CacheConfig, lookups: Counter | None = None) -> None:
+        self.answers: ByteBudgetCache[SearchAnswer] = ByteBudgetCache(
+            config.result_cache_bytes, answer_size)
         self.embeddings: ByteBudgetCache[np.ndarray] = ByteBudgetCache(
             config.embedding_cache_bytes, lambda v: int(v.nbytes) + ENTRY_OVERHEAD)
-        self._lookups = lookups  # labels: cache, result
+        self._lookups = lookups  # Prometheus counter, labels: cache, result
 
-    def answer_key(self, request: cbir_pb2.SearchRequest, k: int, version: str | None,
-                   num_shards: int, log_positions: tuple[int, ...] | None = None
-                   ) -> AnswerKey | None:
+    def answer_key(self, query: str | None, k: int, params: IndexParams, filter_text: str,
+                   version: str | None, num_shards: int,
+                   log_positions: tuple[int, ...] | None = None) -> AnswerKey | None:
         """The key, or None when the answer's state is unknown (no pinned version yet)."""
-        query = query_digest(request)
         if not self.answers.enabled or version is None or query is None:
             return None
-        params = (("ef_search", request.params.ef_search), ("nprobe", request.params.nprobe))
-        return AnswerKey(query, k, params, request.filter.strip(), version,
+        pairs = (("ef_search", params.ef_search), ("nprobe", params.nprobe))
+        return AnswerKey(query, k, pairs, filter_text, version,
                          log_positions or (0,) * num_shards)
 
-    def get_answer(self, key: AnswerKey | None) -> cbir_pb2.SearchResponse | None:
+    def get_answer(self, key: AnswerKey | None) -> SearchAnswer | None:
         if key is None:
             return None
-        data = self.answers.get(key)
-        self._count("result", data is not None)
-        return cbir_pb2.SearchResponse.FromString(data) if data is not None else None
+        answer = self.answers.get(key)
+        self._count("result", answer is not None)
+        return answer
 
-    def put_answer(self, key: AnswerKey | None, reply: cbir_pb2.SearchResponse) -> None:
-        """Store a complete answer computed in the key's version (request id left out)."""
-        if key is None or reply.partial or reply.index_version != key.index_version:
+    def put_answer(self, key: AnswerKey | None, answer: SearchAnswer) -> None:
+        """Store a complete answer computed in the key's version (answers are immutable)."""
+        if key is None or answer.failed_shards or answer.index_version != key.index_version:
             return
-        stored = cbir_pb2.SearchResponse()
-        stored.CopyFrom(reply)
-        stored.request_id = ""
-        self.answers.put(key, stored.SerializeToString())
+        self.answers.put(key, answer)
 
     def get_embedding(self, image: bytes) -> tuple[str, np.ndarray | None]:
         key = digest("image", image)
@@ -97,4 +88,5 @@ class QueryCaches:
         self.embeddings.put(key, np.array(vector, dtype=np.float32))  # a private copy
 
     def _count(self, cache: str, hit: bool) -> None:
-        self._lookups.labels(cache, "hit" if hit else "miss").inc()
+        if self._lookups is not None:
+            self._lookups.labels(cache, "hit" if hit else "miss").inc()

@@ -115,13 +115,8 @@ def _fetch(uri: str, directory: str) -> str:
         if not Path(uri).is_file():
             raise NotFound(f"no such file: {uri}")
         return uri
-    loc = storage.parse_s3(uri)
-    dest = str(Path(directory) / Path(loc.key).name)
-    client = storage.s3_client()
-    try:
-        client.download_file(loc.bucket, loc.key, dest)
-    except client.exceptions.ClientError as exc:
-        raise NotFound(f"cannot download {uri}: {exc}") from exc
+    dest = str(Path(directory) / Path(storage.parse_s3(uri).key).name)
+    storage.download(uri, dest)  # S3 errors arrive typed (NotFound, PermissionDenied, ...)
     return dest
 
 

@@ -1,8 +1,9 @@
 """The index build: train once on a sample, then one index per shard from the trained one.
 
-``build_index`` (driver) reads the embeddings manifest, picks the factory, trains the empty
-index and serialises it, then runs ``run_task`` once per shard - sequentially or as Spark tasks
-(same function, same inputs: a small ``ShardTask`` descriptor plus the trained index bytes).
+``build_index`` (driver) checks what it can up front, reads the embeddings manifest, picks the
+factory, trains the empty index and serialises it, then has ``jobs.engines`` run
+``build_shard`` once per shard - sequentially or as Spark tasks (same function, same inputs: a
+small ``ShardTask`` descriptor plus the trained index bytes, shared once per executor).
 Each task writes ``shard=NNN/{index.faiss, ids.parquet, metadata.parquet, manifest.json}``
 (manifest last); the driver writes the top-level ``manifest.json`` after every shard committed.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from dataclasses import dataclass, replace
 
 import faiss
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cbir import errors, index_layout, storage
+from cbir.options import nested, option
 from cbir.schema import (
     INDEX_MANIFEST,
     EmbedManifest,
@@ -28,28 +29,50 @@ from cbir.schema import (
     read_manifest,
     write_manifest,
 )
+from jobs import engines
+from jobs.build_index import embeddings_run, metadata, select, train_device, tune
 from jobs.build_index import manifest as manifests
-from jobs.build_index import metadata, reader, select, tune
+from jobs.engines import EngineOptions
+from jobs.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    embeddings: str
-    output: str
-    num_shards: int
-    factory: str | None = None  # None: choose automatically (select.choose_index)
-    engine: str = "sequential"  # "sequential" | "spark"
-    master: str | None = None  # Spark master; None = local[*]
-    memory_budget_bytes: int = 8 * select.GIB
-    target_recall: float = 0.95
-    train_size: int = 200_000  # vectors sampled for training (IVF centroids, PQ codebooks)
-    tune_queries: int = 500
+    """The build's options, declared once: ``cbir build-index``'s flags are generated from these
+    fields (``cbir.options``), so the CLI and Python callers share every default."""
+
+    embeddings: str = option(required=True, help="embeddings run (path or s3://)")
+    output: str = option(required=True, help="index root to write (path or s3://)")
+    num_shards: int = option(flag="--shards", positive=True, required=True, env="CBIR_SHARDS",
+                             help="number of shards N")
+    factory: str | None = option(  # None: choose automatically (select.choose_index)
+        None, flag="--index", metavar="FACTORY", help="Faiss factory (Flat, HNSW32, "
+        "IVF4096,SQ8, OPQ32,IVF4096,PQ32...); default: chosen from size, dim and "
+        "--memory-budget-gb")
+    engine: EngineOptions = nested(EngineOptions)  # sequential unless told; master, --conf
+    memory_budget_gb: float = option(8.0, positive=True, help="RAM one shard server may spend "
+                                     "on its index (automatic selection)")
+    target_recall: float = option(0.95, positive=True,
+                                  help="recall@10 the tuned nprobe/efSearch must reach")
+    # vectors sampled for training (IVF centroids, PQ codebooks)
+    train_size: int = option(200_000, positive=True, help="vectors sampled to train IVF/PQ")
+    tune_queries: int = option(500, positive=True, help="queries to tune search params on")
     seed: int = 1234
-    faiss_threads: int = 0  # per task; 0 = Faiss's default (all cores)
+    faiss_threads: int = option(0, non_negative=True,
+                                help="OpenMP threads per shard task (0 = all cores)")
+    train_device: str = option("auto", choices=("auto", "cpu", "cuda"),
+                               help="where IVF k-means trains: auto (the GPU when faiss-gpu "
+                               "sees one, else CPU) | cpu | cuda")
     # Build only this shard (one pod of a Kubernetes Indexed Job); None = every shard.
-    shard_only: int | None = None
+    shard_only: int | None = option(
+        None, non_negative=True, metavar="K", help="build shard K only (one pod per shard, "
+        "e.g. a Kubernetes Indexed Job); the process that completes the set writes the manifest")
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_gb * select.GIB)
 
 
 @dataclass(frozen=True)
@@ -69,25 +92,7 @@ class ShardTask:
     tune_queries: int
     seed: int
     faiss_threads: int
-    endpoint_url: str | None  # S3 endpoint the driver uses (not a credential)
     attribute_names: tuple[str, ...] = ()  # of the whole run: the same columns on every shard
-
-
-@dataclass(frozen=True)
-class ShardOutcome:
-    """A task's result; typed errors travel as (class name, message) so Spark keeps them."""
-
-    shard: int
-    manifest: ShardManifest | None = None
-    error: tuple[str, str] | None = None
-
-    def unwrap(self) -> ShardManifest:
-        if self.error is not None:
-            name, message = self.error
-            exc_type = getattr(errors, name, errors.CbirError)
-            raise exc_type(f"shard {self.shard}: {message}")
-        assert self.manifest is not None
-        return self.manifest
 
 
 def _empty_index(dim: int, factory: str) -> faiss.Index:
@@ -97,15 +102,15 @@ def _empty_index(dim: int, factory: str) -> faiss.Index:
         raise errors.InvalidArgument(f"bad index factory {factory!r}: {exc}") from exc
 
 
-def train(dataset: reader.ds.Dataset, dim: int, factory: str, count: int,
+def train(dataset: embeddings_run.ds.Dataset, dim: int, factory: str, count: int,
           config: BuildConfig) -> bytes:
     """The trained, empty index, serialised (the same bytes seed every shard)."""
     index = _empty_index(dim, factory)
     if not index.is_trained:
-        sample = reader.read_sample(dataset, dim, config.train_size / max(count, 1))
+        sample = embeddings_run.read_sample(dataset, dim, config.train_size / max(count, 1))
         log.info("training %s on %d sampled vectors", factory, len(sample))
         try:
-            index.train(sample)
+            train_device.train(index, sample, train_device.resolve(config.train_device))
         except RuntimeError as exc:
             raise errors.InvalidArgument(
                 f"cannot train {factory!r} on {len(sample)} vectors: {exc}"
@@ -113,7 +118,7 @@ def train(dataset: reader.ds.Dataset, dim: int, factory: str, count: int,
     return bytes(faiss.serialize_index(index))
 
 
-def _shard_manifest(task: ShardTask, rows: reader.Rows, data: bytes,
+def _shard_manifest(task: ShardTask, rows: embeddings_run.Rows, data: bytes,
                     tuned: tune.TuneResult) -> ShardManifest:
     return ShardManifest(
         shard=task.shard, num_shards=task.num_shards, count=len(rows), dim=task.dim,
@@ -123,7 +128,7 @@ def _shard_manifest(task: ShardTask, rows: reader.Rows, data: bytes,
     )
 
 
-def _ids_parquet(rows: reader.Rows) -> bytes:
+def _ids_parquet(rows: embeddings_run.Rows) -> bytes:
     table = pa.table({"image_id": pa.array(rows.ids, pa.int64()), "key": rows.keys},
                      schema=index_layout.IDS_SCHEMA)
     sink = io.BytesIO()
@@ -140,7 +145,7 @@ def committed_shard(output: str, shard: int, version: str) -> ShardManifest | No
     return done if done.index_version == version else None
 
 
-def _tune(task: ShardTask, index: faiss.Index, rows: reader.Rows) -> tune.TuneResult:
+def _tune(task: ShardTask, index: faiss.Index, rows: embeddings_run.Rows) -> tune.TuneResult:
     if select.is_exact(task.factory):
         return tune.TuneResult({}, 1.0, True)  # brute force: exact by construction
     rng = np.random.default_rng(task.seed + task.shard)
@@ -149,12 +154,15 @@ def _tune(task: ShardTask, index: faiss.Index, rows: reader.Rows) -> tune.TuneRe
 
 
 def build_shard(task: ShardTask, trained: bytes) -> ShardManifest:
+    """The work function every engine runs: one shard's index, committed by its manifest."""
+    if task.faiss_threads > 0:
+        faiss.omp_set_num_threads(task.faiss_threads)
     if (done := committed_shard(task.output, task.shard, task.index_version)) is not None:
         log.info("shard %d already built (%s), skipping", task.shard, task.index_version)
         return done
-    dataset = reader.open_dataset(task.embeddings, task.dim)
-    rows = reader.read_shard(dataset, task.dim, task.shard, task.num_shards)
-    reader.check_vectors(rows, f"shard {task.shard}")
+    dataset = embeddings_run.open_dataset(task.embeddings, task.dim)
+    rows = embeddings_run.read_shard(dataset, task.dim, task.shard, task.num_shards)
+    embeddings_run.check_vectors(rows, f"shard {task.shard}")
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     if len(rows):
         index.add_with_ids(rows.vectors, rows.ids)
@@ -174,24 +182,14 @@ def build_shard(task: ShardTask, trained: bytes) -> ShardManifest:
     return shard_manifest
 
 
-def run_task(task: ShardTask, trained: bytes) -> ShardOutcome:
-    """The unit of work for every engine: never raises a CbirError, returns it."""
-    if task.endpoint_url and not storage.endpoint_url():
-        os.environ["AWS_ENDPOINT_URL"] = task.endpoint_url
-    if task.faiss_threads > 0:
-        faiss.omp_set_num_threads(task.faiss_threads)
-    try:
-        return ShardOutcome(task.shard, manifest=build_shard(task, trained))
-    except errors.CbirError as exc:
-        return ShardOutcome(task.shard, error=(type(exc).__name__, str(exc)))
-
-
 def plan(config: BuildConfig) -> tuple[list[ShardTask], bytes, EmbedManifest]:
     """Driver side: manifest, factory choice, version, training; the per-shard tasks."""
-    if config.num_shards <= 0:
-        raise errors.InvalidArgument(f"--shards must be positive, got {config.num_shards}")
-    embed = reader.read_embed_manifest(config.embeddings)
-    dataset = reader.open_dataset(config.embeddings, embed.dim)
+    embed = embeddings_run.read_embed_manifest(config.embeddings)
+    if embed.num_images == 0:
+        raise errors.FailedPrecondition(
+            f"the embeddings run {config.embeddings} holds 0 images: nothing to index (did the "
+            "backfill read the right bucket and prefix?)")
+    dataset = embeddings_run.open_dataset(config.embeddings, embed.dim)
     count = dataset.count_rows()
     user_factory = config.factory or select.choose_index(
         count, embed.dim, config.num_shards, config.memory_budget_bytes).factory
@@ -205,7 +203,7 @@ def plan(config: BuildConfig) -> tuple[list[ShardTask], bytes, EmbedManifest]:
     base = ShardTask(0, config.num_shards, config.embeddings, config.output, embed.dim, factory,
                      version, embed.model, embed.model_version, config.target_recall,
                      config.tune_queries, config.seed, config.faiss_threads,
-                     storage.endpoint_url(), metadata.attribute_names(dataset))
+                     metadata.attribute_names(dataset))
     shards = range(config.num_shards) if config.shard_only is None else [config.shard_only]
     return [replace(base, shard=s) for s in shards], trained, embed
 
@@ -214,7 +212,7 @@ def trained_uri(output: str, version: str) -> str:
     return storage.join(output, "_trained", f"{version}.faiss")
 
 
-def load_or_train(config: BuildConfig, version: str, dataset: reader.ds.Dataset, dim: int,
+def load_or_train(config: BuildConfig, version: str, dataset: embeddings_run.ds.Dataset, dim: int,
                   factory: str, count: int) -> bytes:
     """The trained empty index is stored beside the shards, so separate processes (one pod per
     shard) share one quantizer and a re-run does not train again."""
@@ -236,32 +234,34 @@ def committed_shards(output: str, num_shards: int, version: str,
     return [done for done in found if done is not None]
 
 
-def _check_shard_only(config: BuildConfig) -> None:
+def check(config: BuildConfig) -> None:
+    """The cheap checks, before reading embeddings, training or starting Spark."""
+    if config.num_shards <= 0:
+        raise errors.InvalidArgument(f"--shards must be positive, got {config.num_shards}")
+    if not 0 < config.target_recall <= 1:
+        raise errors.InvalidArgument(f"--target-recall must be in (0, 1], got "
+                                     f"{config.target_recall}")
     if config.shard_only is not None and not 0 <= config.shard_only < config.num_shards:
         raise errors.InvalidArgument(
             f"--shard-only must be in [0, {config.num_shards}), got {config.shard_only}"
         )
+    storage.endpoint_url()  # a malformed AWS_ENDPOINT_URL
+    engines.check(config.engine)
+    storage.check_writable(config.output)
 
 
-def build_index(config: BuildConfig) -> IndexManifest | None:
+def build_index(config: BuildConfig, show_progress: bool = True) -> IndexManifest | None:
     """Build the shards; write the top-level manifest (last) once every shard is committed.
 
     With ``shard_only`` the one shard is built and the manifest written only by the process
     that finds every shard done (idempotent: any of them may write the same bytes); None is
     returned while other shards are still missing."""
-    _check_shard_only(config)
+    check(config)
     tasks, trained, embed = plan(config)
-    if config.engine == "spark":
-        from jobs.build_index.spark_engine import run_spark
-
-        outcomes = run_spark(tasks, trained, config.master)
-    elif config.engine == "sequential":
-        from jobs.build_index.sequential import run_sequential
-
-        outcomes = run_sequential(tasks, trained)
-    else:
-        raise errors.InvalidArgument(f"unknown engine {config.engine!r}")
-    built = {outcome.shard: outcome.unwrap() for outcome in outcomes}  # re-raises task errors
+    with Progress(len(tasks), "shard", "build-index", enabled=show_progress) as progress:
+        finished = engines.run(tasks, build_shard, config.engine, shared=trained,
+                               progress=progress)  # task errors are re-raised here, typed
+    built = {f.result.shard: f.result for f in finished}
     shard_manifests = committed_shards(config.output, config.num_shards, tasks[0].index_version,
                                        built)
     if len(shard_manifests) < config.num_shards:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from cbir.errors import InvalidArgument
 from cbir.limits import DEFAULT_LIMITS, Limits
 
-DEFAULT_OBJECTS_PER_TASK = 256
+DEFAULT_OBJECTS_PER_TASK = 256  # the most objects one task (= one Parquet part) gets
 DEFAULT_IO_THREADS = 8
+DEFAULT_NUM_SHARDS = 1
+DEFAULT_ENGINE: Literal["sequential", "spark"] = "spark"  # the heavy job: Spark unless told
 
 
 @dataclass(frozen=True)
@@ -19,9 +23,12 @@ class BackfillConfig:
     dim: int
     weights: str | None = None
     device: str | None = None
+    runtime: str = "auto"  # auto | torch | onnxruntime (cbir.embedding.runtimes)
     batch_size: int | None = None  # images per model call; None = the embedder's default
-    num_shards: int = 1
-    objects_per_task: int = DEFAULT_OBJECTS_PER_TASK
+    num_shards: int = DEFAULT_NUM_SHARDS
+    # None: sized from the bucket and the engine's parallelism (at most the default), so a
+    # small bucket still gives every executor work.
+    objects_per_task: int | None = None
     io_threads: int = DEFAULT_IO_THREADS
     torch_threads: int | None = None  # per worker process; None = torch's default
     limits: Limits = DEFAULT_LIMITS
@@ -30,11 +37,23 @@ class BackfillConfig:
     with_tags: bool = False
     attributes: str | None = None
 
+    def __post_init__(self) -> None:
+        # A batch of <= 0 images embeds nothing yet commits an empty part that re-runs skip:
+        # the images would never be embedded. Refuse every such number before any work.
+        for name in ("batch_size", "objects_per_task", "torch_threads"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InvalidArgument(f"{name} must be positive, got {value}")
+        for name in ("num_shards", "io_threads", "dim"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class ObjectRef:
     key: str  # the object's key inside the bucket
     size: int  # bytes, from the listing (lets too-large/empty objects skip the GET)
+    etag: str = ""  # from the listing: tells a later change of the object apart
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
-from botocore.exceptions import BotoCoreError, ClientError
 
 from cbir import schema, storage
 from cbir.errors import FailedPrecondition, InvalidArgument, ModelMismatch
-from jobs.embed import reader
-from jobs.embed.config import BackfillConfig, EmbedTask, ObjectRef
+from jobs.embed.config import DEFAULT_OBJECTS_PER_TASK, BackfillConfig, EmbedTask, ObjectRef
 
 log = logging.getLogger(__name__)
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
+# Tasks per core of the engine: more than one, so a slow task does not leave the other cores
+# idle at the end; not many more, since each task is one Parquet part.
+TASKS_PER_CORE = 3
 
 
 @dataclass
@@ -47,20 +48,20 @@ def part_name(bucket: str, objects: Iterable[ObjectRef]) -> str:
 
 
 def list_objects(input_uri: str, exclude_prefix: str | None = None) -> Iterator[ObjectRef]:
-    """Every object under the input prefix (paginated list_objects_v2), folder markers and the
-    job's own output (when it lives inside the input) left out."""
-    loc = storage.parse_s3(input_uri)
-    prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
-    paginator = storage.s3_client().get_paginator("list_objects_v2")
-    try:
-        for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                key = obj["Key"]
-                if key.endswith("/") or (exclude_prefix and key.startswith(exclude_prefix)):
-                    continue
-                yield ObjectRef(key, int(obj.get("Size", 0)))
-    except (BotoCoreError, ClientError) as exc:
-        raise reader.translate(exc, f"listing {input_uri}") from exc
+    """Every object under the input prefix (paginated, with sizes and ETags), folder markers
+    and the job's own output (when it lives inside the input) left out."""
+    for obj in storage.list_objects(input_uri):
+        if obj.key.endswith("/") or (exclude_prefix and obj.key.startswith(exclude_prefix)):
+            continue
+        yield ObjectRef(obj.key, obj.size, obj.etag)
+
+
+def objects_per_task(todo: int, parallelism: int, cap: int = DEFAULT_OBJECTS_PER_TASK) -> int:
+    """Task size from the work and the engine: at least TASKS_PER_CORE tasks per core when
+    there are enough objects (so every executor works), at most ``cap`` objects per task."""
+    if parallelism <= 1:
+        return cap
+    return max(1, min(cap, -(-todo // (parallelism * TASKS_PER_CORE))))
 
 
 def output_prefix_in(input_uri: str, output_uri: str) -> str | None:
@@ -100,10 +101,7 @@ def _read_keys(uri: str) -> tuple[list[str], bytes | None]:
 def scan_output(output: str) -> ExistingOutput:
     """Read the key column of every committed part and error part (in parallel)."""
     found = ExistingOutput()
-    try:
-        names = list(storage.list_names(output))
-    except (BotoCoreError, ClientError) as exc:
-        raise reader.translate(exc, f"output {output}") from exc
+    names = list(storage.list_names(output))
     parquet = [n for n in names if n.endswith(PART_SUFFIX)]
     parts = [n for n in parquet if "/" not in n and n.startswith(PART_PREFIX)]
     errors = [n for n in parquet if n.startswith(f"{schema.ERRORS_DIR}/{PART_PREFIX}")]

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from cbir import ids, schema, storage
 from jobs.embed import sidecar
-from jobs.embed.reader import ObjectMeta
+from jobs.embed.fetch import ObjectMeta
 
 
 @dataclass

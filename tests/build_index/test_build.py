@@ -16,8 +16,9 @@ from cbir import index_layout, storage
 from cbir.errors import FailedPrecondition, IdCollision, NotFound
 from cbir.ids import image_id, shards_of
 from cbir.schema import IndexManifest, ShardManifest, read_manifest
-from jobs.build_index.build import BuildConfig, build_index, plan
-from jobs.build_index.sequential import run_sequential
+from jobs import engines
+from jobs.build_index.build import BuildConfig, build_index, build_shard, plan
+from jobs.engines import ENGINES, EngineOptions
 from shard_server.index_store import Expectations, load_shard
 from shard_server.searcher import run_search
 from tests.build_index import fixtures as fx
@@ -128,23 +129,50 @@ def test_s3_build_equals_local_build(bucket: str, tmp_path: Path,
     assert storage.exists(f"s3://{bucket}/indexes/v1/manifest.json")
 
 
-@pytest.mark.spark
-def test_spark_build_equals_sequential(spark: object, tmp_path: Path) -> None:
-    from jobs.build_index.spark_engine import run_spark
+def _engine(name: str, request: pytest.FixtureRequest) -> EngineOptions:
+    if name == "spark":
+        request.getfixturevalue("spark")  # the shared local session
+        return EngineOptions("spark", "local[2]")
+    return EngineOptions(name)  # type: ignore[arg-type]
 
+
+@pytest.mark.spark
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_builds_what_sequential_builds(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     emb = str(tmp_path / "emb")
     fx.write_run(emb, fx.table(fx.keys_for(3000), fx.glove(3000)), parts=4)
     tasks, trained, _ = plan(_config(emb, str(tmp_path / "plan"), 3, "IVF32,Flat",
                                      tune_queries=100))
-    seq = run_sequential([dataclasses.replace(t, output=str(tmp_path / "a")) for t in tasks],
-                         trained)
-    par = run_spark([dataclasses.replace(t, output=str(tmp_path / "b")) for t in tasks],
-                    trained, "local[2]")
-    assert [o.unwrap().checksum for o in seq] == [o.unwrap().checksum for o in par]
+
+    def build(out: str, options: EngineOptions) -> list[ShardManifest]:
+        moved = [dataclasses.replace(t, output=out) for t in tasks]
+        return [f.result for f in engines.run(moved, build_shard, options, shared=trained)]
+
+    seq = build(str(tmp_path / "a"), EngineOptions("sequential"))
+    par = build(str(tmp_path / "b"), _engine(engine, request))
+    assert [m.checksum for m in seq] == [m.checksum for m in par]
     for s in range(3):
         a, b = _shard_files(str(tmp_path / "a"), s), _shard_files(str(tmp_path / "b"), s)
         assert a[0] == b[0] and a[1:] == b[1:]
         assert a[0].count > 0
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_typed_task_error_reaches_the_driver_typed(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """One error policy: a permanent CbirError raised in a task is the driver's error."""
+    emb = str(tmp_path / "emb")
+    keys = fx.keys_for(40)
+    vectors = fx.random_vectors(40, 8)
+    vectors[3] *= 2.0  # not L2-normalised: refused by the shard's task, not the planner
+    fx.write_run(emb, fx.table(keys, vectors))
+    tasks, trained, _ = plan(_config(emb, str(tmp_path / "ix"), 2, "Flat"))
+    with pytest.raises(FailedPrecondition, match="not L2-normalised"):
+        engines.run(tasks, build_shard, _engine(engine, request), shared=trained)
 
 
 @pytest.mark.slow

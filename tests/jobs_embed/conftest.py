@@ -11,6 +11,7 @@ from cbir import storage
 from cbir.embedding import describe_model
 from demo.photos import bundled_photos
 from jobs.embed.config import BackfillConfig
+from jobs.engines import EngineOptions
 from tests.embedding import odd_images as odd
 
 GOOD_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
@@ -72,3 +73,7 @@ def small_image(seed: int) -> bytes:
 
     rng = np.random.default_rng(seed)
     return odd.save(Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)), "PNG")
+
+
+SEQUENTIAL = EngineOptions("sequential")
+LOCAL_SPARK = EngineOptions("spark", "local[2]")

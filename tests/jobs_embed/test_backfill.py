@@ -6,15 +6,24 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from cbir import ids, schema, storage
 from cbir.embedding import load_embedder
 from cbir.errors import FailedPrecondition, ModelMismatch
+from cbir.limits import Limits
+from jobs.embed.config import BackfillConfig, EmbedTask, TaskResult
 from jobs.embed.job import run_backfill
 from jobs.embed.plan import scan_output
-from jobs.embed.runner import run_task
-from tests.jobs_embed.conftest import ImageBucket, config_for, put, small_image
+from jobs.embed.task import embed_and_commit
+from tests.jobs_embed.conftest import (
+    SEQUENTIAL,
+    ImageBucket,
+    config_for,
+    put,
+    small_image,
+)
 from tests.jobs_embed.helpers import read_embeddings, read_errors, read_manifest, vectors
 
 
@@ -25,7 +34,7 @@ def _out(bucket: str) -> str:
 def test_backfill_writes_embeddings_errors_and_manifest(image_bucket: ImageBucket) -> None:
     b = image_bucket.bucket
     config = config_for(f"s3://{b}", _out(b))
-    manifest = run_backfill(config, engine="sequential", show_progress=False)
+    manifest = run_backfill(config, SEQUENTIAL, show_progress=False)
 
     table = read_embeddings(config.output)  # _errors/ and _MANIFEST.json are ignored by pyarrow
     expected_keys = sorted(f"s3://{b}/{k}" for k in image_bucket.good)
@@ -60,10 +69,10 @@ def test_rerun_adds_nothing_and_incremental_embeds_only_new(
 ) -> None:
     b = image_bucket.bucket
     config = config_for(f"s3://{b}/photos", str(tmp_path))  # a prefix and a local output
-    first = run_backfill(config, engine="sequential", show_progress=False)
+    first = run_backfill(config, SEQUENTIAL, show_progress=False)
     assert first.num_images == 4
 
-    again = run_backfill(config, engine="sequential", show_progress=False)
+    again = run_backfill(config, SEQUENTIAL, show_progress=False)
     extra = again.model_extra or {}
     assert (extra["tasks_run"], extra["parts_reused"]) == (0, len(first.parts))
     assert again.num_images == 4
@@ -72,7 +81,7 @@ def test_rerun_adds_nothing_and_incremental_embeds_only_new(
     put(b, "photos/new1.png", small_image(1))
     put(b, "photos/new2.png", small_image(2))
     put(b, "elsewhere/not_in_prefix.png", small_image(3))
-    third = run_backfill(config, engine="sequential", show_progress=False)
+    third = run_backfill(config, SEQUENTIAL, show_progress=False)
     extra = third.model_extra or {}
     assert (extra["images_this_run"], third.num_images) == (2, 6)
     assert set(first.parts) < set(third.parts)
@@ -84,13 +93,13 @@ def test_resume_after_a_crash_redoes_only_uncommitted_work(image_bucket: ImageBu
                                                            tmp_path: Path) -> None:
     b = image_bucket.bucket
     config = config_for(f"s3://{b}", str(tmp_path))
-    first = run_backfill(config, engine="sequential", show_progress=False)
+    first = run_backfill(config, SEQUENTIAL, show_progress=False)
     # A crash: one task never committed and the manifest was never written.
     lost = next(p for p in first.parts if f"{schema.ERRORS_DIR}/{p}" not in first.error_parts)
     lost_rows = read_embeddings(config.output).num_rows
     storage.delete(storage.join(config.output, lost))
     storage.delete(storage.join(config.output, schema.EMBED_MANIFEST))
-    resumed = run_backfill(config, engine="sequential", show_progress=False)
+    resumed = run_backfill(config, SEQUENTIAL, show_progress=False)
     extra = resumed.model_extra or {}
     assert extra["parts_written"] == 1 and extra["parts_reused"] == len(first.parts) - 1
     assert resumed.num_images == first.num_images
@@ -104,8 +113,8 @@ def test_committed_task_is_skipped_not_redone(image_bucket: ImageBucket, tmp_pat
     b = image_bucket.bucket
     config = config_for(f"s3://{b}/photos", str(tmp_path))
     tasks = plan.make_tasks(b, plan.list_objects(config.input), set(), 4)
-    first = run_task(tasks[0], config)
-    retry = run_task(tasks[0], config)  # e.g. Spark re-running a task after its commit
+    first = embed_and_commit(tasks[0], config)
+    retry = embed_and_commit(tasks[0], config)  # e.g. Spark re-running a task after its commit
     assert first.written and not retry.written
     assert retry.num_images == first.num_images == 4
 
@@ -114,15 +123,56 @@ def test_changed_model_on_existing_output_is_refused(image_bucket: ImageBucket,
                                                      tmp_path: Path) -> None:
     b = image_bucket.bucket
     config = config_for(f"s3://{b}/photos", str(tmp_path))
-    run_backfill(config, engine="sequential", show_progress=False)
+    run_backfill(config, SEQUENTIAL, show_progress=False)
     with pytest.raises(FailedPrecondition, match="written with --num-shards 3, not 5"):
-        run_backfill(dataclasses.replace(config, num_shards=5), engine="sequential",
+        run_backfill(dataclasses.replace(config, num_shards=5), SEQUENTIAL,
                      show_progress=False)
     other = dataclasses.replace(config, model_version="0123456789abcdef")
     with pytest.raises(ModelMismatch, match="model version"):
-        run_backfill(other, engine="sequential", show_progress=False)
+        run_backfill(other, SEQUENTIAL, show_progress=False)
     # Without the manifest the parts' own metadata still tells.
     storage.delete(storage.join(config.output, schema.EMBED_MANIFEST))
     assert scan_output(config.output).model_versions == {config.model_version}
     with pytest.raises(ModelMismatch):
-        run_backfill(other, engine="sequential", show_progress=False)
+        run_backfill(other, SEQUENTIAL, show_progress=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GrowAfterListing:
+    """A work function that overwrites one object with a much larger one after the driver
+    listed it, then runs the real task."""
+
+    uri: str
+    size: int
+
+    def __call__(self, task: EmbedTask, config: BackfillConfig) -> TaskResult:
+        storage.write_bytes(self.uri, b"\xff" * self.size)
+        return embed_and_commit(task, config)
+
+
+def test_object_grown_after_listing_is_too_large_without_reading_it(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(3):
+        put(bucket, f"img/{i}.png", small_image(i))
+    limit = 60_000
+    grown = f"s3://{bucket}/img/1.png"
+    listed = len(small_image(1))
+    config = dataclasses.replace(config_for(f"s3://{bucket}/img", str(tmp_path)),
+                                 limits=Limits(max_image_bytes=limit))
+    read_sizes: list[int] = []
+    real_read = storage.read_prefix
+
+    def recording(uri: str, max_bytes: int) -> storage.Prefix:
+        got = real_read(uri, max_bytes)
+        read_sizes.append(len(got.data))
+        return got
+
+    monkeypatch.setattr(storage, "read_prefix", recording)
+    manifest = run_backfill(config, SEQUENTIAL, show_progress=False,
+                            work_fn=_GrowAfterListing(grown, 4 * 1024 * 1024))
+    assert manifest.num_images == 2 and read_errors(config.output) == {grown: "too_large"}
+    fs, path = storage.filesystem(storage.join(config.output, schema.ERRORS_DIR))
+    detail = pq.read_table(path, filesystem=fs).column("detail").to_pylist()[0]
+    assert detail == f"{4 * 1024 * 1024} bytes > limit {limit} (listed as {listed} bytes)"
+    assert max(read_sizes) == limit + 1  # never the whole 4 MiB

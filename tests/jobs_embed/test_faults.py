@@ -2,7 +2,8 @@
 fault-injecting S3 proxy (503 SlowDown / 500 / 429 / resets / bodies cut mid-read on ~15% of
 every request: listing, GETs, HEADs, part PUTs), >= 5% bad objects of several kinds (corrupt,
 truncated, not an image, empty, decompression bomb, access denied, deleted after listing) and
-one Python worker SIGKILLed right after committing its part.
+one Python worker SIGKILLed right after committing its part (the test wraps the backfill's work
+function: nothing in the product knows about it).
 
 The job must succeed; every good image must be in the Parquet exactly once, every bad one in
 _errors exactly once with its reason, and the manifest must count what happened.
@@ -21,12 +22,11 @@ import pytest
 
 from cbir import schema, storage
 from demo.photos import bundled_photos
-from jobs.embed import testhooks
 from jobs.embed.job import run_backfill
 from tests.embedding import odd_images as odd
-from tests.jobs_embed.conftest import config_for, put, small_image
+from tests.jobs_embed.conftest import LOCAL_SPARK, config_for, put, small_image
 from tests.jobs_embed.faulty_s3 import FaultPlan, FaultyS3
-from tests.jobs_embed.helpers import read_manifest
+from tests.jobs_embed.helpers import KillOnceAfterCommit, read_manifest
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -90,10 +90,9 @@ def test_backfill_survives_s3_faults_bad_objects_and_a_killed_worker(
         f"{bucket}/bad/deleted.jpg": (404, "NoSuchKey")})
     with FaultyS3(s3_endpoint, plan) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the driver
-        worker_env.update({"AWS_ENDPOINT_URL": proxy.url,  # the executors' Python workers
-                           testhooks.KILL_ONCE_ENV: str(marker),
-                           testhooks.KILL_AT_ENV: "after_commit"})
-        manifest = run_backfill(config, engine="spark", master="local[2]", show_progress=False)
+        # The engine ships the driver's endpoint to the executors' Python workers.
+        manifest = run_backfill(config, LOCAL_SPARK, show_progress=False,
+                                work_fn=KillOnceAfterCommit(str(marker)))
         faults = dict(plan.counts)
     print(f"\nfault proxy: {faults}")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # read the results without faults

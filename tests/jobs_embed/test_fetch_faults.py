@@ -1,5 +1,6 @@
-"""The reader against the fault-injecting S3 proxy (no Spark, no model): transient faults are
-retried and counted, permanent refusals are classified, never retried into a wrong answer."""
+"""The backfill's fetch against the fault-injecting S3 proxy (no Spark, no model): transient
+faults are retried and counted, permanent refusals are classified, never retried into a wrong
+answer."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 from cbir import storage
-from jobs.embed import reader
+from cbir.errors import BadImage
+from jobs.embed import fetch
 from tests.jobs_embed.faulty_s3 import FaultPlan, FaultyS3
+
+LIMIT = 1 << 20
 
 
 @pytest.fixture
@@ -27,7 +31,7 @@ def test_transient_faults_are_retried_and_counted(bucket: str, proxy: FaultyS3) 
     before = storage.S3_REQUESTS.retries()
     retries = 0
     for key, data in objects.items():
-        got, used = reader.fetch(bucket, key)
+        got, used = fetch.fetch(bucket, key, LIMIT)
         assert got == data
         retries += used
     counts = proxy.plan.counts
@@ -42,14 +46,12 @@ def test_permanent_errors_are_not_retried(bucket: str, proxy: FaultyS3) -> None:
     proxy.plan.permanent = {f"{bucket}/denied": (403, "AccessDenied"),
                             f"{bucket}/gone": (404, "NoSuchKey"),
                             f"{bucket}/glacier": (403, "InvalidObjectState")}
-    with pytest.raises(reader.ObjectUnreadable) as denied:
-        reader.fetch(bucket, "denied")
-    assert denied.value.reason == "access_denied"
-    with pytest.raises(reader.MissingObject):
-        reader.fetch(bucket, "gone")
-    with pytest.raises(reader.ObjectUnreadable) as archived:
-        reader.fetch(bucket, "glacier")
-    assert archived.value.reason == "unreadable"
+    reasons = {}
+    for key in ("denied", "gone", "glacier"):
+        with pytest.raises(BadImage) as refused:
+            fetch.fetch(bucket, key, LIMIT)
+        reasons[key] = refused.value.reason
+    assert reasons == {"denied": "access_denied", "gone": "missing", "glacier": "unreadable"}
     # One request each: nothing was retried.
     assert proxy.plan.counts["requests"] == 0
     assert sum(v for k, v in proxy.plan.counts.items() if k.startswith("permanent_")) == 3

@@ -1,4 +1,5 @@
-"""``run_task``: the one function every engine runs (sequentially or on a Spark executor).
+"""``embed_and_commit``: the backfill's work function, which ``jobs.engines`` runs for every
+task (sequentially or on a Spark executor).
 
 Commit protocol: the errors part is written first, the embeddings part last; the embeddings
 part (even with zero rows) is the task's commit. If it exists the task is done: a retry or a
@@ -12,7 +13,7 @@ import time
 from collections import Counter
 
 from cbir import storage
-from jobs.embed import mapper, testhooks, writer
+from jobs.embed import mapper, writer
 from jobs.embed.config import BackfillConfig, EmbedTask, TaskResult
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def _committed(task: EmbedTask, config: BackfillConfig, target: str) -> TaskResu
                       error_reasons=tuple(sorted(reasons.items())))
 
 
-def run_task(task: EmbedTask, config: BackfillConfig) -> TaskResult:
+def embed_and_commit(task: EmbedTask, config: BackfillConfig) -> TaskResult:
     start = time.perf_counter()
     s3_retries_before = storage.S3_REQUESTS.retries()  # one task at a time per process
     target = writer.part_uri(config.output, task.part)
@@ -39,11 +40,9 @@ def run_task(task: EmbedTask, config: BackfillConfig) -> TaskResult:
     if errors.keys:
         writer.write_table(writer.errors_uri(config.output, task.part),
                            writer.errors_table(errors))
-    testhooks.maybe_die("before_commit", task.part)
     table = writer.embeddings_table(rows, config.dim, config.model, config.model_version,
                                     config.num_shards, config.attributes, task.bucket)
     writer.write_table(target, table)
-    testhooks.maybe_die("after_commit", task.part)
     return TaskResult(
         task.part, written=True, num_images=table.num_rows, num_errors=len(errors.keys),
         bytes_read=stats.bytes_read, fetch_retries=stats.fetch_retries,
