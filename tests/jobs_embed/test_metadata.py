@@ -20,7 +20,7 @@ from jobs.build_index.build import BuildConfig, build_index
 from jobs.embed.job import JobOptions, build_config, run_backfill
 from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.server import serve_in_thread
-from tests.jobs_embed.conftest import config_for, small_image
+from tests.jobs_embed.conftest import SEQUENTIAL, config_for, small_image
 from tests.jobs_embed.helpers import read_embeddings
 from tests.shard_server.conftest import config
 
@@ -57,7 +57,7 @@ def test_backfill_keeps_object_metadata_tags_and_sidecar_and_shards_filter_on_th
     out = str(tmp_path / "emb")
     cfg = dataclasses.replace(config_for(f"s3://{bucket}/pics", out), with_tags=True,
                               attributes=sidecar, num_shards=2)
-    run_backfill(cfg, engine="sequential", show_progress=False)
+    run_backfill(cfg, SEQUENTIAL, show_progress=False)
 
     table = read_embeddings(out)
     by_key = {k: i for i, k in enumerate(table.column("key").to_pylist())}
