@@ -207,3 +207,21 @@ def test_filtered_image_query_hits_all_pass_the_filter(
         assert r.lookups("embedding", "hit") == 1
     finally:
         stop(loop_thread, r)
+
+
+def test_cbir_query_filter_flag(running: Running, indexes: tuple[ff.MetaIndex, ff.MetaIndex],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cbir.cli import main
+
+    v1 = indexes[0]
+    pct = dict(zip(v1.ids.tolist(), v1.table.column("pct").to_pylist(), strict=True))
+    assert main(["query", "--coordinator", running.address, "--image-id", str(int(v1.ids[3])),
+                 "--k", "7", "--filter", "pct < 100", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert len(hits) == 7 and all(pct[h["image_id"]] < 100 for h in hits)
+    assert main(["query", "--coordinator", running.address, "--image-id", str(int(v1.ids[3])),
+                 "--filter", "colour = 'red'"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown column 'colour'" in err
