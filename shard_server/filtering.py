@@ -40,8 +40,8 @@ class FilterConfig:
     exact_rows: int = option(4096, flag="--filter-exact-rows", non_negative=True, metavar="N",
                              help="search a filter's rows by brute force when at most N pass")
     exact_fraction: float = option(0.02, flag="--filter-exact-fraction", non_negative=True,
-                                   metavar="F", help="... or when at most this fraction of the "
-                                   "shard passes")
+                                   metavar="F", help="also search a filter's rows by brute "
+                                   "force when at most this fraction of the shard passes")
     max_boost: int = option(16, flag="--filter-max-boost", positive=True, metavar="X",
                             help="most nprobe / efSearch is multiplied by under a filter")
     plan_cache_bytes: int = option(256 * 1024 * 1024, flag="--filter-cache-bytes",
