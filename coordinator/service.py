@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cbir.cache import AnswerKey
 from cbir.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -124,19 +125,25 @@ class QueryService:
         k = resolve_k(query.k, self.limits)
         check_params(query.params.nprobe, query.params.ef_search, self.limits)
         info = self.state.require_info()
-        key = self.caches.answer_key(
-            query_digest(query.image, query.vector, query.image_id, query.exclude_query_image),
-            k, query.params, query.filter.strip(), self.search_engine.fanout.pinned_version(),
-            info.num_shards)
+        key = self._answer_key(query, k, info)
         if (cached := self.caches.get_answer(key)) is not None:
             return cached
         vector, exclude = await self._query_vector(query, info, deadline)
         answer = await self.search_engine.search(
             prepare_query(vector, info.metric), k, query.params, exclude, deadline,
-            query.request_id, query.filter.strip(),
+            query.request_id, filter_text=query.filter.strip(),
         )
         self.caches.put_answer(key, answer)
         return answer
+
+    def _answer_key(self, query: Query, k: int, info: ClusterInfo) -> AnswerKey | None:
+        """The result cache's key: the version queries are pinned to now (None = no caching)."""
+        if not self.caches.answers.enabled:
+            return None
+        return self.caches.answer_key(
+            query_digest(query.image, query.vector, query.image_id, query.exclude_query_image),
+            k, query.params, query.filter.strip(), self.search_engine.fanout.pinned_version(),
+            info.num_shards)
 
     async def _query_vector(self, query: Query, info: ClusterInfo, deadline: float
                             ) -> tuple[np.ndarray, int | None]:
