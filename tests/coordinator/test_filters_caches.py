@@ -225,3 +225,16 @@ def test_cbir_query_filter_flag(running: Running, indexes: tuple[ff.MetaIndex, f
                  "--filter", "colour = 'red'"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown column 'colour'" in err
+
+
+def test_cbir_info_lists_the_filter_columns(running: Running,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cbir.cli import main
+
+    assert main(["info", "--coordinator", running.address, "--json",
+                 "--sample-seconds", "0.1"]) == 0
+    columns = {c["name"]: c["type"] for c in json.loads(capsys.readouterr().out)
+               ["filter_columns"]}
+    assert columns["pct"] == "int32" and columns["last_modified"] == "timestamp[ms, tz=UTC]"
