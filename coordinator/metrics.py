@@ -62,6 +62,7 @@ class CoordinatorMetrics:
             "Shard calls re-sent because a replica did not hold the pinned index version",
             ["shard"], registry=r,
         )
+        self.cache_lookups = cache_lookups(r)
         self.live_replicas = Gauge(
             "cbir_coordinator_live_replicas", "Replicas in rotation per shard", ["shard"],
             registry=r,
@@ -76,3 +77,10 @@ class CoordinatorMetrics:
         """Listen on the gRPC server's own host: a coordinator bound to 127.0.0.1 must not
         publish its metrics on every interface."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+def cache_lookups(registry: CollectorRegistry) -> Counter:
+    """Hits and misses of the coordinator's caches (coordinator.caching, docs/filters.md)."""
+    return Counter("cbir_coordinator_cache_lookups",
+                   "Cache lookups by cache (result | embedding) and result (hit | miss)",
+                   ["cache", "result"], registry=registry)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.security import server_credentials
 from cbir.rpc.serving import Serving
+from coordinator.caching import QueryCaches
 from coordinator.config import CoordinatorConfig
 from coordinator.fanout import Fanout
 from coordinator.metrics import CoordinatorMetrics
@@ -78,7 +79,8 @@ class CoordinatorServer:
         interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
         self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
         self.service = QueryService(config.limits, self.state, self.search,
-                                    config.deadline_margin_s)
+                                    config.deadline_margin_s,
+                                    QueryCaches(config.cache, self.metrics.cache_lookups))
         servicer = CoordinatorServicer(self.service, self.metrics)
         cbir_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.serving.server)
         self.topology: Topology = {}
