@@ -23,7 +23,8 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 
-def _frames(path: Path) -> Iterator[Any]:
+def frames(path: Path) -> Iterator[Any]:
+    """The payloads spilled to ``path``, in the order they were written."""
     if not path.exists():
         return
     with path.open("rb") as f:
@@ -57,7 +58,7 @@ def run_partitioned(
         root = Path(tmp)
         _spill(inputs, route_fn, set(keys), shared, root)
         for done, key in enumerate(keys, start=1):
-            results.append(Finished(reduce_fn(key, _frames(root / f"{key}.spill"), shared)))
+            results.append(Finished(reduce_fn(key, frames(root / f"{key}.spill"), shared)))
             (root / f"{key}.spill").unlink(missing_ok=True)  # free the disk as we go
             progress(done)
     return results

@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"bucket and the cluster's cores, at most {DEFAULT_OBJECTS_PER_TASK})")
     parser.add_argument("--io-threads", type=positive_int, default=DEFAULT_IO_THREADS,
                         help="fetch+decode threads per task (default: %(default)s)")
+    parser.add_argument("--inventory", default=None, metavar="URI",
+                        help="plan from this S3 Inventory report (the s3://.../manifest.json of "
+                             "a CSV or Parquet inventory of the input bucket) instead of "
+                             "listing the bucket")
     parser.add_argument("--allow-empty", action="store_true",
                         help="succeed on an input with no objects (default: an error, since "
                              "it is usually a typo'd bucket or prefix)")
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         input=args.input, output=args.output, model=args.model, weights=args.weights,
         device=args.device, batch_size=args.batch_size, num_shards=args.num_shards,
         objects_per_task=args.objects_per_task, io_threads=args.io_threads,
+        inventory=args.inventory,
     )
     config = build_config(opts)
     manifest = run_backfill(config, engine_options(args, "cbir-backfill"),

@@ -30,6 +30,8 @@ class BackfillConfig:
     io_threads: int = DEFAULT_IO_THREADS
     torch_threads: int | None = None  # per worker process; None = torch's default
     limits: Limits = DEFAULT_LIMITS
+    # An S3 Inventory manifest.json (s3:// URI) to plan from instead of listing the input.
+    inventory: str | None = None
 
     def __post_init__(self) -> None:
         # A batch of <= 0 images embeds nothing yet commits an empty part that re-runs skip:

@@ -46,6 +46,7 @@ class JobOptions:
     num_shards: int = DEFAULT_NUM_SHARDS
     objects_per_task: int | None = None
     io_threads: int = DEFAULT_IO_THREADS
+    inventory: str | None = None
 
 
 def build_config(opts: JobOptions) -> BackfillConfig:
@@ -59,13 +60,13 @@ def build_config(opts: JobOptions) -> BackfillConfig:
         input=opts.input, output=opts.output, model=info.name, model_version=info.version,
         dim=info.dim, weights=opts.weights, device=opts.device, batch_size=opts.batch_size,
         num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
-        io_threads=opts.io_threads,
+        io_threads=opts.io_threads, inventory=opts.inventory,
     )
 
 
 def _list(config: BackfillConfig, allow_empty: bool) -> list[ObjectRef]:
     exclude = plan.output_prefix_in(config.input, config.output)
-    objects = list(plan.list_objects(config.input, exclude))
+    objects = list(plan.source_objects(config.input, exclude, config.inventory))
     if not objects and not allow_empty:
         raise NotFound(f"no objects under {config.input}: check the bucket and prefix "
                        "(pass --allow-empty to accept an empty input)")
