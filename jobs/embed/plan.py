@@ -1,5 +1,6 @@
-"""Driver-side planning: list the bucket (or read its S3 Inventory report), leave out what the output already holds, and split
-the rest into small deterministic tasks whose part names are derived from their content.
+"""Driver-side planning: list the bucket (or read its S3 Inventory report), leave out what the
+output already holds, and split the rest into small deterministic tasks whose part names are
+derived from their content.
 
 Resume and incremental runs fall out of that: a key already in a committed part (or recorded
 as an error) is never planned again, so re-runs add nothing and a bucket that grew yields tasks
