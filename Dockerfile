@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
-# cbir images, one Dockerfile, three targets (all run as uid 10001, entrypoint deploy/docker/entrypoint.sh):
+# cbir images, one Dockerfile, four targets (all run as uid 10001, entrypoint deploy/docker/entrypoint.sh):
 #
 #   docker build --target server      -t REGISTRY/cbir-server:TAG .       # shard server: no torch
 #   docker build --target coordinator -t REGISTRY/cbir-coordinator:TAG .  # + embed extra, CPU torch
 #   docker build --target jobs        -t REGISTRY/cbir-jobs:TAG .         # + Spark, Java 17, CUDA torch
+#   docker build --target web         -t REGISTRY/cbir-web:TAG .          # page + HTTP API: no torch
 #
 # Every install is pinned by constraints.txt. The CUDA build of torch on PyPI carries its own CUDA
 # runtime (nvidia-* wheels): a GPU node only needs the driver (NVIDIA container toolkit).
@@ -20,6 +21,7 @@ COPY protos ./protos
 COPY jobs ./jobs
 COPY shard_server ./shard_server
 COPY coordinator ./coordinator
+COPY web ./web
 
 FROM build-base AS build-server
 RUN /opt/venv/bin/pip install -c constraints.txt .
@@ -30,6 +32,9 @@ FROM build-base AS build-coordinator
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN /opt/venv/bin/pip install -c constraints.txt \
         --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple ".[embed]"
+
+FROM build-base AS build-web
+RUN /opt/venv/bin/pip install -c constraints.txt ".[web]"
 
 FROM build-base AS build-jobs
 RUN /opt/venv/bin/pip install -c constraints.txt ".[embed,spark]"
@@ -60,6 +65,11 @@ FROM runtime AS coordinator
 COPY --from=build-coordinator /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 50052 9091
+
+FROM runtime AS web
+COPY --from=build-web /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 8080
 
 FROM runtime AS jobs
 RUN apt-get update \

@@ -15,7 +15,7 @@ lint:
 	$(PY) -m ruff check .
 
 typecheck:
-	$(PY) -m mypy cbir jobs shard_server coordinator bench deploy demo
+	$(PY) -m mypy cbir jobs shard_server coordinator bench deploy demo web
 
 demo:
 	bash scripts/demo.sh

@@ -5,7 +5,9 @@ child process, so one that crashes, hangs past its time limit or leaks threads c
 others: it reports ``{"error": ...}`` instead. Prints one JSON document on stdout (and to
 ``--out``), and a short table of the headline figures on stderr.
 
-``python -m bench NAME [--quick]`` runs one benchmark the same way.
+``python -m bench NAME [--quick]`` runs one benchmark the same way. ``python -m bench gpu``
+(``bench/gpu.py``, its own flags) needs a CUDA machine, so ``all`` never runs it; without CUDA
+it exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from bench import harness
 
 BENCHMARKS = ("embed", "search", "peers", "balance", "build")
+GPU_ONLY = "gpu"  # not in "all": it needs CUDA and takes the whole machine
 CHILD = "_one"  # internal subcommand: run one benchmark in this process, JSON on stdout
 
 log = logging.getLogger("bench")
@@ -30,8 +33,8 @@ log = logging.getLogger("bench")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=("all", *BENCHMARKS, CHILD),
-                        help="'all' or one benchmark name")
+    parser.add_argument("target", choices=("all", *BENCHMARKS, GPU_ONLY, CHILD),
+                        help="'all' or one benchmark name ('gpu': see bench/gpu.py)")
     parser.add_argument("name", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="CI-sized data and load periods")
     parser.add_argument("--smoke", action="store_true",
@@ -120,6 +123,11 @@ def _selected(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [GPU_ONLY]:
+        from bench import gpu
+
+        return gpu.main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index-pointer": ("shard_server.pointer_cli", "read or atomically flip an index pointer"),
     "query": ("cbir.query_cli", "query a coordinator by image file or image id"),
     "info": ("cbir.info_cli", "describe an embeddings run, an index, a pointer or a live cluster"),
+    "serve-web": ("web.cli", "serve the web page and the HTTP/JSON API over a coordinator"),
 }
 
 

@@ -31,6 +31,10 @@ class Unavailable(CbirError):
     """A dependency is down; retrying later or elsewhere may work."""
 
 
+class DeadlineExceeded(Unavailable):
+    """The caller's deadline passed (or was too short) before an answer could be made."""
+
+
 class PermissionDenied(CbirError):
     """Credentials were given but are not allowed to do this."""
 

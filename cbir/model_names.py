@@ -7,3 +7,5 @@ from __future__ import annotations
 
 DEFAULT_MODEL = "efficientnet_lite0"
 MODEL_NAMES = ("efficientnet_lite0", "resnet50")
+# ``cbir.embedding.runtimes.RUNTIMES``, named here so flags need no torch import.
+RUNTIME_NAMES = ("auto", "torch", "onnxruntime")

@@ -6,7 +6,6 @@ tests are deterministic."""
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import deque
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 
 from coordinator.config import BalancerConfig
 
-STALE_WEIGHT = 0.05  # ~3 decay times (legacy fading only)
 LATENCY_WINDOW = 256  # recent successful calls of a shard, for its latency quantile
 QUANTILE_EVERY = 32  # recompute the quantile every this many samples
 MIN_QUANTILE_SAMPLES = 32
@@ -74,21 +72,11 @@ class ShardBalancer:
 
     # ------------------------------------------------------------- choice
 
-    def _cost(self, replica: ReplicaState, default_latency: float, now: float) -> float:
-        decay_s = self.config.ewma_decay_s
-        if replica.ewma_s is not None and decay_s is None:
-            # A slow replica stays slow in the books until a (shadow) sample says otherwise.
-            return (replica.in_flight + 1) * replica.ewma_s
-        weight = 0.0
-        if replica.ewma_s is not None and decay_s is not None:
-            weight = math.exp(-(now - replica.last_sample) / decay_s)
-        if replica.ewma_s is None or weight < STALE_WEIGHT:
-            latency = default_latency
-        else:
-            # Old samples fade towards the default, so a replica that is never picked because
-            # it once looked slow gets picked (and re-measured) again; past STALE_WEIGHT it is
-            # treated as unmeasured, i.e. exactly as fast as the fastest.
-            latency = weight * replica.ewma_s + (1 - weight) * default_latency
+    @staticmethod
+    def _cost(replica: ReplicaState, default_latency: float) -> float:
+        # Unmeasured replicas cost as much as the fastest measured one. Estimates do not fade:
+        # a slow replica stays slow in the books until a (shadow) sample says otherwise.
+        latency = default_latency if replica.ewma_s is None else replica.ewma_s
         return (replica.in_flight + 1) * latency
 
     def pick(self, exclude: Iterable[str] = ()) -> str | None:
@@ -99,12 +87,11 @@ class ShardBalancer:
             return None
         if len(candidates) == 1:
             return candidates[0].address
-        now = self._clock()
         known = [r.ewma_s for r in candidates if r.ewma_s is not None]
         # Unmeasured replicas look as fast as the fastest measured one, so they get tried.
         default_latency = min(known) if known else 1.0
         a, b = self._rng.sample(candidates, 2)
-        cost_a, cost_b = self._cost(a, default_latency, now), self._cost(b, default_latency, now)
+        cost_a, cost_b = self._cost(a, default_latency), self._cost(b, default_latency)
         if cost_a == cost_b:
             return a.address if a.in_flight <= b.in_flight else b.address
         return a.address if cost_a < cost_b else b.address

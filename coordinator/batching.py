@@ -1,4 +1,4 @@
-"""Cross-query micro-batching of shard calls.
+"""Cross-query micro-batching of shard calls (on the generic ``cbir.batching.MicroBatcher``).
 
 Concurrent pinned vector queries with the same (k, search params, index version) share ONE
 ``ShardSearchRequest`` per shard (the Shard API takes n vectors and answers n x k), so the
@@ -10,7 +10,8 @@ Per-query semantics are those of an unbatched call: the batch is one logical sha
 balancer picks its replica; it is retried on another replica and hedged as a whole), each
 query keeps its own deadline (a query whose deadline passes while its batch is in flight
 leaves without this shard: partial, DEADLINE_EXCEEDED), and a failed batch fails the shard
-for each of its queries. The batch's own deadline is the latest of its queries'.
+for each of its queries. The batch's own deadline is the latest of its queries'. The queue is
+bounded: a full one fails the shard for that query with RESOURCE_EXHAUSTED (partial).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from cbir.batching import BatcherLimits, MicroBatcher, QueueFull
 from coordinator.fanout import Fanout, ShardCallFailed
 from protos import cbir_pb2, cbir_pb2_grpc
 
@@ -32,12 +34,12 @@ Row = tuple[cbir_pb2.ShardSearchResponse, int]  # the batch's reply, this query'
 GroupKey = tuple[int, bytes, str]  # k, serialized SearchParams, pinned index version
 
 
-@dataclass
-class _Member:
+@dataclass(frozen=True)
+class ShardQuery:
     vector: np.ndarray
+    key: GroupKey
     deadline: float
     request_id: str
-    future: asyncio.Future[Row]
 
 
 def _expire(future: asyncio.Future[Row], shard: int) -> None:
@@ -54,9 +56,14 @@ class ShardBatcher:
         self.fanout = fanout
         self.shard = shard
         self.retry_codes = retry_codes
-        self._queues: dict[GroupKey, list[_Member]] = {}
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.batcher: MicroBatcher[ShardQuery, Row] = MicroBatcher(
+            self._call,
+            BatcherLimits(max_batch=max(1, fanout.config.max_batch),
+                          max_queued=fanout.config.shard_max_queued),
+            name=f"shard {shard} call queue", slots=self._slots, key=lambda q: q.key,
+            withdraw_abandoned=True,
+            cancelled_error=lambda: ShardCallFailed(shard, "batched call cancelled"),
+        )
 
     def _slots(self) -> int:
         per_replica = self.fanout.config.batch_in_flight_per_replica
@@ -65,102 +72,48 @@ class ShardBatcher:
     def submit(self, vector: np.ndarray, k: int, params: cbir_pb2.SearchParams,
                version: str, deadline: float, request_id: str) -> asyncio.Future[Row]:
         """Queue one query; the future settles with its row of a (maybe shared) shard call, or
-        ShardCallFailed (also when its own deadline passes first). A future, not a task: no
-        task per query and shard. Cancel it to withdraw the query."""
+        ShardCallFailed (also when its own deadline passes first, or the queue is full). A
+        future, not a task: no task per query and shard. Cancel it to withdraw the query."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Row] = loop.create_future()
-        key = (k, params.SerializeToString(), version)
-        self._queues.setdefault(key, []).append(_Member(vector, deadline, request_id, future))
-        timer = loop.call_later(max(self.fanout.remaining_s(deadline), 0.0), _expire, future,
-                                self.shard)
+        query = ShardQuery(vector, (k, params.SerializeToString(), version), deadline,
+                           request_id)
+        try:
+            future = self.batcher.submit(query)
+        except QueueFull as exc:
+            failed: asyncio.Future[Row] = loop.create_future()
+            failed.set_exception(ShardCallFailed(self.shard, str(exc),
+                                                 grpc.StatusCode.RESOURCE_EXHAUSTED))
+            return failed
+        timer = loop.call_later(max(self.fanout.attempt_budget_s(deadline), 0.0), _expire,
+                                future, self.shard)
         future.add_done_callback(lambda _: timer.cancel())
-        self._dispatch()
         return future
 
-    def _dispatch(self) -> None:
-        slots = self._slots()
-        max_batch = max(1, self.fanout.config.max_batch)
-        while self._queues and self._in_flight < slots:
-            key = next(iter(self._queues))  # the oldest group first
-            queue = self._queues[key]
-            members, rest = queue[:max_batch], queue[max_batch:]
-            if rest:
-                self._queues[key] = rest
-            else:
-                del self._queues[key]
-            self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(key, members))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, key: GroupKey, members: list[_Member]) -> None:
-        try:
-            members = [m for m in members if not m.future.done()]  # expired or cancelled
-            if members:
-                await self._call(key, members)
-        finally:
-            self._in_flight -= 1
-            self._dispatch()
-
-    async def _call(self, key: GroupKey, members: list[_Member]) -> None:
-        k, params, version = key
-        vectors = np.stack([m.vector for m in members]).astype("<f4", copy=False)
+    async def _call(self, queries: list[ShardQuery]) -> list[Row]:
+        k, params, version = queries[0].key
+        vectors = np.stack([q.vector for q in queries]).astype("<f4", copy=False)
         # A batch carries its first query's id; the coordinator logs which ids went together.
         request = cbir_pb2.ShardSearchRequest(
             vectors=vectors.tobytes(), dim=int(vectors.shape[1]), k=k,
             params=cbir_pb2.SearchParams.FromString(params), index_version=version,
-            request_id=members[0].request_id,
+            request_id=queries[0].request_id,
         )
-        if len(members) > 1 and log.isEnabledFor(logging.DEBUG):
-            log.debug("shard %d batch %s carries %s", self.shard, members[0].request_id,
-                      [m.request_id for m in members])
-        self.fanout.metrics.batch_size.observe(len(members))
+        if len(queries) > 1 and log.isEnabledFor(logging.DEBUG):
+            log.debug("shard %d batch %s carries %s", self.shard, queries[0].request_id,
+                      [q.request_id for q in queries])
+        self.fanout.metrics.batch_size.observe(len(queries))
 
         def call(stub: cbir_pb2_grpc.ShardStub, timeout: float
                  ) -> Awaitable[cbir_pb2.ShardSearchResponse]:
             return stub.Search(request, timeout=timeout)
 
-        deadline = max(m.deadline for m in members)
+        deadline = max(q.deadline for q in queries)
         prefer = self.fanout.holders(self.shard, version)
-        sent = asyncio.ensure_future(
-            self.fanout.call(self.shard, call, deadline, self.retry_codes, prefer))
-
-        def withdraw(_: object) -> None:
-            # Every query of the batch has left (cancelled callers): stop the call, or it would
-            # hold this call slot until the latest deadline while other queries queue.
-            if not sent.done() and all(m.future.done() for m in members):
-                sent.cancel()
-
-        for member in members:
-            member.future.add_done_callback(withdraw)
-        try:
-            reply = await sent
-        except asyncio.CancelledError:
-            _settle(members, ShardCallFailed(self.shard, "batched call cancelled"))
-            current = asyncio.current_task()
-            if sent.cancelled() and not (current is not None and current.cancelling()):
-                return  # withdrawn above, not this task cancelled
-            raise
-        except ShardCallFailed as exc:
-            _settle(members, exc)
-            return
-        except Exception as exc:  # never leave a query waiting on a future nobody settles
-            _settle(members, exc)
-            raise
-        if reply.num_queries != len(members):
-            _settle(members, ShardCallFailed(
-                self.shard, f"answered {reply.num_queries} rows to {len(members)} queries"))
-            return
-        for row, member in enumerate(members):
-            if not member.future.done():
-                member.future.set_result((reply, row))
+        reply = await self.fanout.call(self.shard, call, deadline, self.retry_codes, prefer)
+        if reply.num_queries != len(queries):
+            raise ShardCallFailed(
+                self.shard, f"answered {reply.num_queries} rows to {len(queries)} queries")
+        return [(reply, row) for row in range(len(queries))]
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-
-
-def _settle(members: list[_Member], exc: BaseException) -> None:
-    for member in members:
-        if not member.future.done():
-            member.future.set_exception(exc)
+        await self.batcher.close()

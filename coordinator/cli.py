@@ -18,6 +18,7 @@ from cbir.rpc.security import (
     client_security_from_args,
     server_security_from_args,
 )
+from cbir.rpc.serving import check_can_listen
 from coordinator.config import CoordinatorConfig
 from coordinator.topology import load_topology_file, split_address
 
@@ -59,5 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from coordinator.server import serve
 
     configure(build(LogOptions, args).log_format)
-    asyncio.run(serve(build_config(args)))
+    config = build_config(args)
+    if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
+        check_can_listen(config.host, config.metrics_port)
+    asyncio.run(serve(config))
     return 0

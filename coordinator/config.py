@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cbir.limits import DEFAULT_LIMITS, Limits
-from cbir.model_names import DEFAULT_MODEL, MODEL_NAMES
+from cbir.model_names import DEFAULT_MODEL, MODEL_NAMES, RUNTIME_NAMES
 from cbir.options import nested, option
 from cbir.rpc.security import ClientSecurity, ServerSecurity
 
@@ -26,10 +26,6 @@ class BalancerConfig:
         help="seconds between health checks of an ejected replica")
     # Weight of the newest latency sample in the EWMA.
     ewma_alpha: float = 0.3
-    # Legacy: when set, a latency sample this old counts for ~37% (e^-1) and fades towards the
-    # fastest replica's. Off by default: fading made a known-slow replica look cheap again every
-    # few seconds, and the queries it then got made the p99 (see docs/coordinator.md).
-    ewma_decay_s: float | None = None
     # A live replica whose newest latency sample is older than this gets a shadow copy of the
     # next call (off the critical path; its answer is dropped) so its estimate stays current
     # without real queries waiting on it. 0 = never.
@@ -65,6 +61,9 @@ class CoordinatorConfig:
     weights: str | None = option(None, help="model weights path or s3:// URI")
     device: str | None = option(None,
                                 help="torch device for the query embedder (default: auto)")
+    runtime: str = option("auto", choices=RUNTIME_NAMES,
+                          help="query embedder runtime: auto (CUDA torch on a GPU, ONNX Runtime "
+                               "on CPU) | torch | onnxruntime (same embeddings to 1e-4)")
     image_queries: bool = option(True, help="serve vector and image-id queries only (no torch "
                                             "needed)")
     hedge_after_ms: float | None = option(
@@ -84,6 +83,13 @@ class CoordinatorConfig:
         help="batched shard calls in flight per live replica; queries that queue meanwhile "
              "share the next call (0 = one call per query)")
     max_batch: int = 64
+    # Bounded queues (RESOURCE_EXHAUSTED beyond): queries waiting for a shard call slot, per
+    # shard; image queries waiting for the embedder (each holds up to max_image_bytes).
+    shard_max_queued: int = 1024
+    embed_max_queued: int = option(
+        32, positive=True, metavar="N",
+        help="image queries that may wait for the embedder; more are refused with "
+             "RESOURCE_EXHAUSTED")
     # Kept back from the caller's deadline so the merged answer leaves before it expires.
     deadline_margin_s: float = 0.02
     probe_timeout_s: float = 1.0

@@ -70,5 +70,7 @@ class CoordinatorMetrics:
         return int(sum(sample.value for metric in self.requests.collect()
                        for sample in metric.samples if sample.name.endswith("_total")))
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+    def serve(self, port: int, host: str) -> None:
+        """Listen on the gRPC server's own host: a coordinator bound to 127.0.0.1 must not
+        publish its metrics on every interface."""
         start_http_server(port, addr=host, registry=self.registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,7 +13,16 @@ from cbir.limits import Limits
 DEFAULT_K = 10
 
 
-def check_k(k: int, limits: Limits) -> int:
+@dataclass(frozen=True)
+class IndexParams:
+    """Per-request index search parameters; 0 = the index's default."""
+
+    nprobe: int = 0
+    ef_search: int = 0
+
+
+def resolve_k(k: int, limits: Limits) -> int:
+    """The caller's k checked against the limit, 0 meaning the default."""
     if k == 0:
         return DEFAULT_K
     if k < 0 or k > limits.max_k:
@@ -36,21 +46,35 @@ def check_image_id(image_id: int) -> None:
         raise InvalidArgument(f"image ids are non-negative 63-bit integers, got {image_id}")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_vector(values: Sequence[float], dim: int) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float32)
-    if vector.shape != (dim,):
-        raise InvalidArgument(f"query vector has {vector.size} values; the index has dim {dim}")
+    """``values`` as float64. The length is checked before any conversion: a request may carry
+    millions of floats, and converting them first would cost memory the answer never needs."""
+    if len(values) != dim:
+        raise InvalidArgument(f"query vector has {len(values)} values; the index has dim {dim}")
+    vector = np.asarray(values, dtype=np.float64)
     if not np.isfinite(vector).all():
         raise InvalidArgument("query vector contains NaN or infinite values")
     return vector
 
 
 def prepare_query(vector: np.ndarray, metric: str) -> np.ndarray:
-    """For metric "ip" (cosine on L2-normalised embeddings) the query is L2-normalised too, so
-    scores are cosine similarities whatever the caller's scale; a zero vector has no direction."""
+    """The float32 query the shards search with. For metric "ip" (cosine on L2-normalised
+    embeddings) it is L2-normalised, so scores are cosine similarities whatever the caller's
+    scale; normalising in float64 keeps [3e38] * D (whose float32 norm overflows) a real
+    direction instead of a silent zero query. A zero vector has no direction; for "l2" a vector
+    whose squared norm overflows float32 would make every distance infinite."""
+    v = np.asarray(vector, dtype=np.float64)
     if metric != "ip":
-        return vector.astype(np.float32)
-    norm = float(np.linalg.norm(vector.astype(np.float64)))
-    if not norm > 0 or not np.isfinite(norm):
+        with np.errstate(over="ignore"):
+            squared = float(np.dot(v, v))
+        if not squared <= FLOAT32_MAX:
+            raise InvalidArgument("query vector is too large: its distances overflow float32")
+        return v.astype(np.float32)
+    peak = float(np.abs(v).max(initial=0.0))
+    if not peak > 0:
         raise InvalidArgument("a zero vector cannot be a query for metric ip")
-    return (vector / norm).astype(np.float32)
+    scaled = v / peak  # in [-1, 1]: its norm can neither overflow nor underflow
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)

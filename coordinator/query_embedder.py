@@ -8,13 +8,13 @@ imports torch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from cbir.batching import BatcherLimits, MicroBatcher
 from cbir.errors import BadImage, InvalidArgument, ResourceExhausted
 from cbir.limits import Limits
 
@@ -42,7 +42,9 @@ class CbirQueryEmbedder:
         self.version = str(embedder.version)
 
     def embed_batch(self, images: Sequence[bytes]) -> list[np.ndarray | BadImage]:
-        result = self._embedder.embed_bytes(list(images))
+        # for_query: the query pixel cap (Limits.max_query_image_pixels), checked from the
+        # header before a pixel is decoded.
+        result = self._embedder.embed_bytes(list(images), for_query=True)
         out: list[np.ndarray | BadImage] = [
             BadImage("no_embedding", "the embedder returned nothing") for _ in images
         ]
@@ -54,10 +56,12 @@ class CbirQueryEmbedder:
         return out
 
 
-def load_query_embedder(name: str, weights: str | None, device: str | None) -> QueryEmbedder:
+def load_query_embedder(
+    name: str, weights: str | None, device: str | None, runtime: str = "auto"
+) -> QueryEmbedder:
     from cbir.embedding import load_embedder  # torch lives behind this import
 
-    return CbirQueryEmbedder(load_embedder(name, weights, device))
+    return CbirQueryEmbedder(load_embedder(name, weights, device, runtime))
 
 
 def check_image_bytes(image: bytes, limits: Limits) -> None:
@@ -71,46 +75,27 @@ def check_image_bytes(image: bytes, limits: Limits) -> None:
 
 class EmbeddingRunner:
     """Embeds off the event loop in one worker thread (the model must be called from one
-    thread at a time), batching the queries that queue up meanwhile into one forward pass."""
+    thread at a time), batching the queries that queue up meanwhile into one forward pass.
+    The queue is bounded: each waiting query holds its image bytes, so a burst beyond
+    ``max_queued`` is refused with RESOURCE_EXHAUSTED instead of growing memory."""
 
-    def __init__(self, embedder: QueryEmbedder, max_batch: int = 16) -> None:
+    def __init__(self, embedder: QueryEmbedder, max_batch: int = 16, max_queued: int = 32
+                 ) -> None:
         self.embedder = embedder
-        self.max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[np.ndarray]]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self.batcher: MicroBatcher[bytes, np.ndarray] = MicroBatcher(
+            self._embed_batch, BatcherLimits(max_batch=max_batch, max_queued=max_queued),
+            name="the query embedder",
+        )
 
     async def embed(self, image: bytes) -> np.ndarray:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put((image, future))
-        return await future
+        return await self.batcher.run(image)
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            live = [(img, fut) for img, fut in batch if not fut.done()]  # callers gone
-            if not live:
-                continue
-            try:
-                results = await asyncio.to_thread(
-                    self.embedder.embed_batch, [img for img, _ in live]
-                )
-            except Exception as exc:
-                log.exception("query embedding failed")
-                results = [exc] * len(live)  # type: ignore[list-item]
-            for (_, future), result in zip(live, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+    async def _embed_batch(self, images: list[bytes]) -> list[np.ndarray | BadImage]:
+        try:
+            return await asyncio.to_thread(self.embedder.embed_batch, images)
+        except Exception:
+            log.exception("query embedding failed")
+            raise
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        await self.batcher.close()

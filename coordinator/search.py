@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from cbir.errors import NotFound, Unavailable
+from cbir.errors import DeadlineExceeded, NotFound, Unavailable
 from cbir.ids import shard_of
+from cbir.merge import MergedHit, ShardHits, merge_top_k
 from coordinator.batching import Row, ShardBatcher
 from coordinator.fanout import RETRYABLE, Fanout, ShardCallFailed
-from coordinator.merge import MergedHit, ShardHits, merge_top_k
+from coordinator.queries import IndexParams
 from protos import cbir_pb2, cbir_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,10 @@ class DistributedSearch:
         except ShardCallFailed as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"unknown image id {image_id}") from exc
+            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded(
+                    f"deadline exceeded fetching image id {image_id} from shard {shard}"
+                ) from exc
             raise Unavailable(
                 f"shard {shard}, which holds image id {image_id}, is unavailable: {exc.reason}"
             ) from exc
@@ -125,7 +130,7 @@ class DistributedSearch:
         self,
         query: np.ndarray,
         k: int,
-        params: cbir_pb2.SearchParams,
+        index_params: IndexParams,
         exclude_id: int | None,
         deadline: float,
         request_id: str,
@@ -133,10 +138,12 @@ class DistributedSearch:
         # One extra to make room for the excluded query image, within what a shard accepts:
         # at k = max_k an excluded self-match leaves max_k - 1 hits rather than failing.
         shard_k = min(k + (1 if exclude_id is not None else 0), self.fanout.config.limits.max_k)
+        params = cbir_pb2.SearchParams(nprobe=index_params.nprobe,
+                                       ef_search=index_params.ef_search)
         pinned = self.fanout.pinned_version()
         if pinned is not None and self.batchers is not None:
             answers = await self._batched(query, shard_k, params, pinned, deadline, request_id)
-            return self._answer(answers, k, exclude_id, pinned, request_id)
+            return self._answer(answers, k, exclude_id, pinned, deadline, request_id)
         request = cbir_pb2.ShardSearchRequest(
             vectors=np.ascontiguousarray(query, dtype="<f4").tobytes(), dim=int(query.shape[0]),
             k=shard_k, params=params, request_id=request_id,
@@ -146,10 +153,13 @@ class DistributedSearch:
             version = pinned
         else:
             rows, version = await self._by_majority(request, deadline)
-        return self._answer(rows, k, exclude_id, version, request_id)
+        return self._answer(rows, k, exclude_id, version, deadline, request_id)
 
     def _answer(self, answers: dict[int, Row], k: int, exclude_id: int | None, version: str,
-                request_id: str) -> SearchAnswer:
+                deadline: float, request_id: str) -> SearchAnswer:
+        if not answers and self.fanout.attempt_budget_s(deadline) <= 0:
+            raise DeadlineExceeded(
+                f"deadline exceeded before any shard answered (request {request_id})")
         if not answers:
             raise Unavailable(f"no shard answered ({self.num_shards} shards, request {request_id})")
         hits, metric = self._merge(answers, k, exclude_id)

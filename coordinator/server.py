@@ -25,7 +25,8 @@ from coordinator.fanout import Fanout
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.query_embedder import EmbeddingRunner, QueryEmbedder, load_query_embedder
 from coordinator.search import DistributedSearch, cluster_info
-from coordinator.servicer import CoordinatorServicer, CoordinatorState
+from coordinator.service import CoordinatorState, QueryService
+from coordinator.servicer import CoordinatorServicer
 from coordinator.topology import (
     DnsTopology,
     StaticTopology,
@@ -52,7 +53,8 @@ def topology_source(config: CoordinatorConfig) -> TopologySource:
 def default_embedder_factory(config: CoordinatorConfig) -> EmbedderFactory | None:
     if not config.image_queries:
         return None
-    return lambda: load_query_embedder(config.model, config.weights, config.device)
+    return lambda: load_query_embedder(config.model, config.weights, config.device,
+                                       config.runtime)
 
 
 class CoordinatorServer:
@@ -75,7 +77,9 @@ class CoordinatorServer:
         auth = config.security.auth
         interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
         self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
-        servicer = CoordinatorServicer(config, self.state, self.search, self.metrics)
+        self.service = QueryService(config.limits, self.state, self.search,
+                                    config.deadline_margin_s)
+        servicer = CoordinatorServicer(self.service, self.metrics)
         cbir_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.serving.server)
         self.topology: Topology = {}
         self.ready = asyncio.Event()
@@ -90,7 +94,7 @@ class CoordinatorServer:
         self.port = self.serving.bind(self.config.host, self.config.port, creds)
         await self.serving.start()
         if self.config.metrics_port is not None:
-            self.metrics.serve(self.config.metrics_port)
+            self.metrics.serve(self.config.metrics_port, self.config.host)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(_every(self.refresh, self._refresh_period, "topology refresh")),
@@ -173,7 +177,8 @@ class CoordinatorServer:
             log.exception("loading the query embedder failed")
             self.state.embedder_error = f"{type(exc).__name__}: {exc}"
             return
-        self.state.embedder = EmbeddingRunner(embedder)
+        self.state.embedder = EmbeddingRunner(embedder,
+                                              max_queued=self.config.embed_max_queued)
         log.info("query embedder %s (dim %d, version %s) loaded",
                  embedder.name, embedder.dim, embedder.version)
         await self._update_health()

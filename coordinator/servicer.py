@@ -1,68 +1,31 @@
-"""cbir.v1.Coordinator: translates requests to the core (queries, search) and back."""
+"""cbir.v1.Coordinator: translates requests into the query service's plain types and back.
+
+The rules of a search live in ``coordinator.service``; here are only what belongs to the gRPC
+boundary: proto <-> dataclass, the status code of each outcome, metrics and the access log.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 import grpc
-import numpy as np
 
-from cbir.errors import FailedPrecondition, InvalidArgument, ModelMismatch, Unavailable
-from cbir.rpc.deadlines import remaining_s
 from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
-from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.queries import (
-    check_image_id,
-    check_k,
-    check_params,
-    check_vector,
-    prepare_query,
-)
-from coordinator.query_embedder import EmbeddingRunner, check_image_bytes
-from coordinator.search import ClusterInfo, DistributedSearch
+from coordinator.queries import IndexParams
+from coordinator.search import SearchAnswer
+from coordinator.service import CoordinatorState, Query, QueryService
 from protos import cbir_pb2, cbir_pb2_grpc
 
 log = logging.getLogger(__name__)
 # One line per Search (INFO) with the request id the shards' access logs also carry.
 access_log = logging.getLogger("coordinator.access")
 
-
-@dataclass
-class CoordinatorState:
-    """What the background tasks learn and the servicer reads."""
-
-    image_queries: bool
-    info: ClusterInfo | None = None
-    embedder: EmbeddingRunner | None = None
-    embedder_error: str | None = None
-
-    def require_info(self) -> ClusterInfo:
-        if self.info is None:
-            raise Unavailable("coordinator not ready: no shard has reported its stats yet")
-        return self.info
-
-    def require_embedder(self, info: ClusterInfo) -> EmbeddingRunner:
-        if not self.image_queries:
-            raise FailedPrecondition(
-                "image queries are disabled on this coordinator; query by vector or image id"
-            )
-        if self.embedder_error is not None:
-            raise FailedPrecondition(f"the query embedder failed to load: {self.embedder_error}")
-        if self.embedder is None:
-            raise Unavailable("coordinator not ready: the query embedder is still loading")
-        e = self.embedder.embedder
-        if e.dim != info.dim or info.model_versions != {e.version}:
-            raise ModelMismatch(
-                f"shards serve model version(s) {sorted(info.model_versions)} with dim "
-                f"{info.dim}, but this coordinator embeds with {e.name} version {e.version} "
-                f"(dim {e.dim}); start it with the model the index was built with"
-            )
-        return self.embedder
+__all__ = ["CoordinatorServicer", "CoordinatorState", "query_of", "request_id_of"]
 
 
 def request_id_of(request: cbir_pb2.SearchRequest) -> str:
@@ -72,84 +35,69 @@ def request_id_of(request: cbir_pb2.SearchRequest) -> str:
     return clean_request_id(request.request_id) or os.urandom(8).hex()
 
 
+def query_of(request: cbir_pb2.SearchRequest, request_id: str,
+             time_remaining_s: float | None) -> Query:
+    kind = request.WhichOneof("query")
+    return Query(
+        image=request.image if kind == "image" else None,
+        # The repeated field itself, not a list: the service checks its length first.
+        vector=request.vector.values if kind == "vector" else None,
+        image_id=request.image_id if kind == "image_id" else None,
+        k=request.k,
+        params=IndexParams(request.params.nprobe, request.params.ef_search),
+        exclude_query_image=request.exclude_query_image,
+        request_id=request_id,
+        time_remaining_s=time_remaining_s,
+    )
+
+
+def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchResponse:
+    return cbir_pb2.SearchResponse(
+        hits=[cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
+              for h in answer.hits],
+        partial=bool(answer.failed_shards),
+        failed_shards=list(answer.failed_shards),
+        index_version=answer.index_version,
+        metric=answer.metric,
+        request_id=request_id,
+    )
+
+
 class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        state: CoordinatorState,
-        search: DistributedSearch,
-        metrics: CoordinatorMetrics,
-    ) -> None:
-        self.config = config
-        self.state = state
-        self.search = search
+    def __init__(self, service: QueryService, metrics: CoordinatorMetrics) -> None:
+        self.service = service
+        self.state = service.state
+        self.search = service.search_engine
         self.metrics = metrics
 
     @grpc_errors
     async def Search(
         self, request: cbir_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.SearchResponse:
-        query = request.WhichOneof("query") or "none"
+        request_id = request_id_of(request)
+        query = query_of(request, request_id, context.time_remaining())
         start = time.monotonic()
         code, partial, version = "OK", False, ""
-        request_id = request_id_of(request)
         try:
-            reply = await self._search(request, context, request_id)
-            partial, version = reply.partial, reply.index_version
-            return reply
+            answer = await self.service.search(query)
+            partial, version = bool(answer.failed_shards), answer.index_version
+            if partial:
+                self.metrics.partial.inc()
+            return response_of(answer, request_id)
+        except asyncio.CancelledError:  # the caller went away: not an OK answer
+            code = "CANCELLED"
+            raise
         except Exception as exc:
             code = status_for(exc).name
             raise
         finally:
             seconds = time.monotonic() - start
-            self.metrics.requests.labels(query, code).inc()
-            self.metrics.latency.labels(query, code).observe(seconds)
+            self.metrics.requests.labels(query.kind, code).inc()
+            self.metrics.latency.labels(query.kind, code).observe(seconds)
             access_log.info(
                 "search request_id=%s query=%s code=%s partial=%s index_version=%s ms=%.2f",
-                request_id, query, code, partial, version or "-", seconds * 1000,
+                request_id, query.kind, code, partial, version or "-", seconds * 1000,
             )
-
-    async def _search(
-        self, request: cbir_pb2.SearchRequest, context: grpc.aio.ServicerContext, request_id: str
-    ) -> cbir_pb2.SearchResponse:
-        deadline = time.monotonic() + remaining_s(context, self.config.limits)
-        k = check_k(request.k, self.config.limits)
-        check_params(request.params.nprobe, request.params.ef_search, self.config.limits)
-        info = self.state.require_info()
-        vector, exclude = await self._query_vector(request, info, deadline, request_id)
-        answer = await self.search.search(
-            prepare_query(vector, info.metric), k, request.params, exclude, deadline, request_id
-        )
-        if answer.failed_shards:
-            self.metrics.partial.inc()
-        return cbir_pb2.SearchResponse(
-            hits=[
-                cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
-                for h in answer.hits
-            ],
-            partial=bool(answer.failed_shards),
-            failed_shards=list(answer.failed_shards),
-            index_version=answer.index_version,
-            metric=answer.metric,
-            request_id=request_id,
-        )
-
-    async def _query_vector(
-        self, request: cbir_pb2.SearchRequest, info: ClusterInfo, deadline: float,
-        request_id: str,
-    ) -> tuple[np.ndarray, int | None]:
-        query = request.WhichOneof("query")
-        if query == "vector":
-            return check_vector(request.vector.values, info.dim), None
-        if query == "image":
-            check_image_bytes(request.image, self.config.limits)
-            runner = self.state.require_embedder(info)
-            return await runner.embed(request.image), None
-        if query == "image_id":
-            check_image_id(request.image_id)
-            vector = await self.search.vector_of(request.image_id, deadline, request_id)
-            return vector, (request.image_id if request.exclude_query_image else None)
-        raise InvalidArgument("the request needs one of: image, vector, image_id")
 
     @grpc_errors
     async def Info(

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         example = cfg.workdir / f"{photos[0].name}-crop.jpg"
         example.write_bytes(dict(edited_copies(photos[0]))["crop"])
         if cfg.serve:
+            say(f"web page and HTTP/JSON API: {start_web(cfg, procs, coordinator)}")
             say(f"coordinator serving on {coordinator}; try in another shell:\n"
                 f"  .venv/bin/cbir query --coordinator {coordinator} {example}\n"
                 f"  .venv/bin/cbir query --coordinator {coordinator} {example} --json\n"
@@ -178,6 +179,28 @@ def start_cluster(cfg: DemoConfig, procs: ChildProcesses, index: str) -> str:
     say(f"{cfg.shards} shards x {cfg.replicas} replicas + coordinator {coordinator} are SERVING "
         f"(topology: {topology_file}, logs: {procs.log_dir})")
     return coordinator
+
+
+def start_web(cfg: DemoConfig, procs: ChildProcesses, coordinator: str) -> str:
+    """``cbir serve-web`` over the coordinator; its URL once it answers /healthz."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    procs.start("web", cbir_command("-v", "serve-web", "--coordinator", coordinator,
+                                    "--host", "127.0.0.1", "--port", str(port)))
+    deadline = time.monotonic() + cfg.startup_timeout_s
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2) as reply:
+                if reply.status == 200:
+                    return url
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the web server at {url} did not become healthy; see its log")
 
 
 def query_edited_photos(coordinator: str, photos: list[Photo], k: int) -> float:

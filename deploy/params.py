@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cbir.model_names import DEFAULT_MODEL
 from deploy.tls import TLS_MODES
 from deploy.yamlio import dump_all
 
@@ -85,7 +86,7 @@ class OverlayParams:
     resolve_interval: int = 5
     coordinator_min_replicas: int = 2
     coordinator_max_replicas: int = 10
-    model: str = "efficientnet_lite0"
+    model: str = DEFAULT_MODEL
     s3_secret: str = "cbir-s3"
     build_parallelism: int = 4
     backfill_batch_size: int = 256

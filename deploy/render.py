@@ -36,6 +36,7 @@ from deploy.params import (
     replace_op,
 )
 from deploy.tls import PROBES, coordinator_patch, secure_shard_pod
+from deploy.web import WEB_DEPLOYMENT, web_patch
 from deploy.yamlio import dump_all
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,9 @@ def serving_kustomization(params: OverlayParams, base: str,
     hpa_patch = [replace_op("/spec/minReplicas", params.coordinator_min_replicas),
                  replace_op("/spec/maxReplicas", params.coordinator_max_replicas)]
     replicas_patch = [replace_op("/spec/replicas", params.coordinator_min_replicas)]
+    web_ops = web_patch(params.tls)
     return kustomization(
-        params, [base, *shard_files], ("server", "coordinator"),
+        params, [base, *shard_files], ("server", "coordinator", "web"),
         configMapGenerator=[{
             "name": "cbir-coordinator-config", "behavior": "merge",
             "literals": [f"{k}={v}" for k, v in coordinator_config(params).items()],
@@ -137,6 +139,7 @@ def serving_kustomization(params: OverlayParams, base: str,
             json_patch("HorizontalPodAutoscaler", "cbir-coordinator", hpa_patch),
             json_patch("Deployment", "cbir-coordinator",
                        replicas_patch + coordinator_patch(params.tls, base_coordinator_probes())),
+            *([json_patch("Deployment", WEB_DEPLOYMENT, web_ops)] if web_ops else []),
         ],
     )
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from cbir.errors import InvalidArgument
+from cbir.options import option
 
 R = TypeVar("R")  # a task's result
 
@@ -21,13 +22,18 @@ Progress = Callable[[int], None]  # called with the units (e.g. images) finished
 class EngineOptions:
     """Where and how tasks run; built once from the CLI and passed down."""
 
-    engine: Engine = "sequential"
-    master: str | None = None  # Spark master; None = local[*]
-    conf: tuple[tuple[str, str], ...] = ()  # --conf KEY=VALUE, passed to the Spark session
-    # Ship the driver's static AWS keys to executors (in the task closures, never in the Spark
-    # conf). Off by default: executors should use their own credential chain (instance role,
-    # IRSA, a mounted profile).
-    forward_aws_credentials: bool = False
+    # option() returns a dataclasses.field (ruff cannot tell through the Literal alias)
+    engine: Engine = option("sequential", choices=ENGINES, help="where tasks run")  # noqa: RUF009
+    master: str | None = option(None, help="Spark master: local[*] (the default), local[N], "
+                                "spark://HOST:7077, k8s://https://HOST:443, yarn")
+    conf: tuple[tuple[str, str], ...] = ()  # --conf KEY=VALUE (repeatable: jobs.cli_args)
+    # Ship the driver's static AWS keys to executors (with the tasks, never in the Spark conf).
+    # Off by default: executors should use their own credential chain (instance role, IRSA, a
+    # mounted profile).
+    forward_aws_credentials: bool = option(
+        False, help="ship this machine's static AWS keys (AWS_ACCESS_KEY_ID, ...) to the "
+        "executors. Risky: whoever can read the job's tasks or the executors' environment sees "
+        "them; prefer executor roles")
     verbose: bool = False  # show Spark's and Java's start-up logging
     app_name: str = "cbir"
 

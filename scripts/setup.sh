@@ -12,7 +12,7 @@ stamp=.venv/.cbir-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade "pip==26.3" 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[embed,spark,demo,bench,dev]" 2>&1 \
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[embed,spark,web,demo,bench,dev]" 2>&1 \
     | grep -v '^WARNING: Location' || true
   .venv/bin/python -c "import cbir, torch, torchvision, faiss, pyspark, grpc" \
     || { echo "setup: install failed" >&2; exit 1; }

@@ -1,24 +1,25 @@
-"""Micro-batching of concurrent searches (asyncio, no grpc).
+"""Micro-batching of concurrent searches (on the generic ``cbir.batching.MicroBatcher``).
 
-One worker coroutine takes every request queued so far (up to ``max_rows`` query vectors),
-optionally waits ``window_s`` for more, groups them by what makes a search call shareable - the
-same loaded index version, k and search parameters - and runs ONE ``index.search`` per group on
+Requests queued while a search runs (up to ``max_rows`` query vectors), optionally after
+waiting ``window_s`` for more, are grouped by what makes a search call shareable - the same
+loaded index version, k and search parameters - and each group runs as ONE ``index.search`` on
 a worker thread (Faiss releases the GIL). Batching lets Faiss use one BLAS matrix product for
 many queries instead of many vector products, and keeps exactly one search (with its OpenMP
-threads) on the CPU at a time instead of several competing ones.
+threads) on the CPU at a time instead of several competing ones. At most ``max_queued``
+requests wait; more are refused with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from cbir.batching import BatcherLimits, MicroBatcher
 from cbir.options import option
 from shard_server.index_store import LoadedIndex
 
@@ -37,95 +38,57 @@ class BatchConfig:
                              "(queued ones always batch)")
     max_rows: int = option(256, flag="--batch-max-rows", positive=True,
                            help="query vectors per Faiss call")
+    max_queued: int = 1024  # requests waiting for the search thread (RESOURCE_EXHAUSTED beyond)
+
+
+Answer = tuple[np.ndarray, np.ndarray]  # scores, ids
 
 
 @dataclass
 class _Pending:
     loaded: LoadedIndex
-    queries: np.ndarray
+    queries: np.ndarray = field(repr=False)
     k: int
     params: dict[str, int]
-    future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = field(repr=False)
 
     def key(self) -> GroupKey:
         return (id(self.loaded), self.k, tuple(sorted(self.params.items())))
 
 
-class MicroBatcher:
+class SearchBatcher:
     def __init__(self, search: SearchFn, executor: Executor, config: BatchConfig) -> None:
         self._search = search
         self._executor = executor
         self._config = config
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        # Not withdrawable: a search must finish on its thread before the next one starts.
+        self._batcher: MicroBatcher[_Pending, Answer] = MicroBatcher(
+            self._run_group,
+            BatcherLimits(max_batch=config.max_rows, max_queued=config.max_queued,
+                          window_s=config.window_s),
+            name="the shard's search queue", key=_Pending.key, weight=lambda p: len(p.queries),
+        )
 
     async def search(
         self, loaded: LoadedIndex, queries: np.ndarray, k: int, params: dict[str, int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        loop = asyncio.get_running_loop()
+    ) -> Answer:
         if not self._config.enabled:
-            return await loop.run_in_executor(
+            return await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._search, loaded, queries, k, params
             )
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._run(), name="cbir-search-batcher")
-        pending = _Pending(loaded, queries, k, params, loop.create_future())
-        self._queue.put_nowait(pending)
-        return await pending.future
+        return await self._batcher.run(_Pending(loaded, queries, k, params))
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        await self._batcher.close()
 
-    async def _collect(self) -> list[_Pending]:
-        batch = [await self._queue.get()]
-        rows = len(batch[0].queries)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.window_s
-        while rows < self._config.max_rows:
-            if self._queue.empty():
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), left)
-                except TimeoutError:
-                    break
-            else:
-                item = self._queue.get_nowait()
-            batch.append(item)
-            rows += len(item.queries)
-        return batch
-
-    async def _run(self) -> None:
-        while True:
-            batch = await self._collect()
-            groups: dict[GroupKey, list[_Pending]] = defaultdict(list)
-            for item in batch:
-                groups[item.key()].append(item)
-            for items in groups.values():
-                await self._run_group(items)
-
-    async def _run_group(self, items: list[_Pending]) -> None:
-        live = [i for i in items if not i.future.done()]  # cancelled callers are skipped
-        if not live:
-            return
-        first = live[0]
-        queries = np.concatenate([i.queries for i in live]) if len(live) > 1 else first.queries
-        loop = asyncio.get_running_loop()
-        try:
-            scores, ids = await loop.run_in_executor(
-                self._executor, self._search, first.loaded, queries, first.k, first.params
-            )
-        except Exception as exc:  # delivered to every caller of the group
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
-        start = 0
-        for item in live:
+    async def _run_group(self, items: list[_Pending]) -> list[Answer]:
+        first = items[0]
+        queries = np.concatenate([i.queries for i in items]) if len(items) > 1 else first.queries
+        scores, ids = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._search, first.loaded, queries, first.k, first.params
+        )
+        answers, start = [], 0
+        for item in items:
             end = start + len(item.queries)
-            if not item.future.done():
-                item.future.set_result((scores[start:end], ids[start:end]))
+            answers.append((scores[start:end], ids[start:end]))
             start = end
+        return answers

@@ -13,6 +13,7 @@ from cbir.faiss_params import EF_SEARCH, NPROBE
 from cbir.options import add_options, build, option
 from cbir.rpc.logs import LogOptions, configure
 from cbir.rpc.security import add_security_arguments, server_security_from_args
+from cbir.rpc.serving import check_can_listen
 from shard_server.server import ServerConfig, main_async
 
 
@@ -49,4 +50,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run(args: argparse.Namespace) -> int:
     configure(build(LogOptions, args).log_format)
-    return main_async(config_from_args(args))
+    config = config_from_args(args)
+    if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
+        check_can_listen(config.host, config.metrics_port)
+    return main_async(config)

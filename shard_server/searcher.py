@@ -20,7 +20,7 @@ from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from cbir.faiss_params import EF_SEARCH, search_parameters
 from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.options import nested, option
-from shard_server.batcher import BatchConfig, MicroBatcher
+from shard_server.batcher import BatchConfig, SearchBatcher
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class ShardSearcher:
         if config.faiss_threads > 0:
             faiss.omp_set_num_threads(config.faiss_threads)
         self._executor = ThreadPoolExecutor(config.threads, thread_name_prefix="cbir-faiss")
-        self._batcher = MicroBatcher(run_search, self._executor, config.batch)
+        self._batcher = SearchBatcher(run_search, self._executor, config.batch)
         self._load_lock = asyncio.Lock()
 
     def defaults(self, loaded: LoadedIndex) -> dict[str, int]:

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-UPPER = ("jobs", "shard_server", "coordinator")
+UPPER = ("jobs", "shard_server", "coordinator", "web")
 
 
 def _imports(path: Path) -> set[str]:
@@ -75,6 +75,19 @@ def test_servers_do_not_import_each_other() -> None:
         if _top(n) == dst
     ]
     assert not offenders, offenders
+
+
+def test_web_uses_only_the_core_and_needs_no_torch() -> None:
+    """web/ talks to the coordinator through cbir.client: no server or job internals, no
+    model (its image has no torch), no Spark."""
+    offenders = [
+        f"{p.relative_to(ROOT)}: {n}"
+        for p in _files("web")
+        for n in _imports(p)
+        if _top(n) in ("coordinator", "shard_server", "jobs", "torch", "torchvision", "pyspark")
+        or n.startswith("cbir.embedding")
+    ]
+    assert _files("web") and not offenders, offenders
 
 
 def test_product_never_imports_demo_bench_or_tests() -> None:

@@ -1,10 +1,12 @@
 """Bytes -> model-ready pixels: the ONE preprocessing path used by the backfill and the query
 path, so an image indexed in batch and the same image sent as a query give the same vector.
 
-decode (PIL, size-checked before any pixel is decoded) -> reduced-size JPEG decoding when the
-image is much larger than the model input (``draft``) -> EXIF orientation -> RGB (alpha composited
-on white, 16-bit scaled, CMYK/palette/grey converted) -> resize the shorter side + center crop.
-Normalisation happens on the model's device (see ``embedder``), so worker threads hand uint8.
+decode (PIL, only the allowlisted formats, size-checked from the header before any pixel is
+decoded) -> reduced-size JPEG decoding when the image is much larger than the model input
+(``draft``) -> a cap on the pixels actually decoded (queries) -> EXIF orientation -> RGB (alpha
+composited on white, 16-bit scaled, CMYK/palette/grey converted) -> resize the shorter side +
+center crop. Normalisation happens in the runtime's graph (see ``runtimes``), so worker threads
+hand uint8.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ _TRANSPOSING = {5, 6, 7, 8}
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _WHITE = (255, 255, 255)
+# Formats PIL may open. Anything else (EPS above all: PIL would hand it to ghostscript, a
+# PostScript interpreter) is refused before a plugin parses more than the magic bytes.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_JPEG_FORMATS = {"JPEG", "MPO"}  # MPO (a camera's multi-picture JPEG) opens via the JPEG plugin
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,12 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise BadImage("decompression_bomb", str(exc)) from exc
     except UnidentifiedImageError as exc:
-        raise BadImage("not_an_image", "no known image format") from exc
+        raise BadImage("not_an_image",
+                       f"not one of the accepted formats ({', '.join(ALLOWED_FORMATS)})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage("corrupt", str(exc)[:200]) from exc
     w, h = img.size
@@ -85,10 +92,24 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _load(img: Image.Image, draft_to: int | None) -> None:
-    if draft_to and img.format == "JPEG" and min(img.size) >= 2 * draft_to:
-        # DCT-domain 1/2, 1/4, 1/8 scaling; keeps both sides >= draft_to.
+def _draft(img: Image.Image, draft_to: int | None) -> None:
+    if draft_to and img.format in _JPEG_FORMATS and min(img.size) >= 2 * draft_to:
+        # DCT-domain 1/2, 1/4, 1/8 scaling; keeps both sides >= draft_to. Only the header has
+        # been read: img.size is now the size the decoder will produce.
         img.draft(img.mode, (draft_to, draft_to))
+
+
+def check_decoded_pixels(img: Image.Image, cap: int | None) -> None:
+    """Refuses, before decoding, an image whose decoded pixels (after draft) exceed ``cap``:
+    decoding memory is pixels x bytes per pixel (<= 8 with 16-bit or alpha), so the cap bounds
+    it whatever the bytes on the wire (a 39-byte GIF may declare an 8000x8000 screen)."""
+    w, h = img.size
+    if cap is not None and w * h > cap:
+        raise BadImage("decompression_bomb", f"{w}x{h} = {w * h} pixels to decode (mode "
+                       f"{img.mode}) > max_query_image_pixels {cap}")
+
+
+def _load(img: Image.Image) -> None:
     try:
         img.load()
     except OSError as exc:
@@ -99,6 +120,18 @@ def _load(img: Image.Image, draft_to: int | None) -> None:
         raise BadImage("corrupt", str(exc)[:200]) from exc
 
 
+def _sixteen_to_l(img: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit int) grey -> 8 bit with a fixed scale ``v // 257`` (content
+    independent), in the image's own integer width: no int64, one working copy."""
+    arr = np.asarray(img)  # uint16 for I;16*, int32 for I
+    if arr.dtype.itemsize > 2:
+        arr = np.clip(arr, 0, 65535)  # the one copy; the rest happens in place
+        np.floor_divide(arr, 257, out=arr)
+    else:
+        arr = arr // 257
+    return Image.fromarray(arr.astype(np.uint8), "L")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; alpha is composited on white (transparent = paper)."""
     if img.mode == "RGB":
@@ -106,9 +139,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in _SIXTEEN_BIT:
-        # 16-bit grey: keep the full range -> 8 bit with a fixed scale (content independent).
-        arr = np.asarray(img, dtype=np.int64)
-        img = Image.fromarray((np.clip(arr, 0, 65535) // 257).astype(np.uint8), "L")
+        img = _sixteen_to_l(img)
     if img.mode in _ALPHA_MODES:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
@@ -122,13 +153,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _decode(
-    data: bytes, limits: Limits, draft_to: int | None
+    data: bytes, limits: Limits, draft_to: int | None, decoded_pixel_cap: int | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
     img = _open(data, limits)
     w, h = img.size  # before draft: the size the object really has
+    _draft(img, draft_to)
+    check_decoded_pixels(img, decoded_pixel_cap)
+    _load(img)
+    # Only after load: PIL's PNG getexif() decodes the whole image to look for a late eXIf.
     if _orientation(img) in _TRANSPOSING:
         w, h = h, w
-    _load(img, draft_to)
     # Malformed EXIF must not lose the image: keep it as stored.
     with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
@@ -136,14 +170,16 @@ def _decode(
 
 
 def decode_image(
-    data: bytes, limits: Limits = DEFAULT_LIMITS, draft_to: int | None = None
+    data: bytes, limits: Limits = DEFAULT_LIMITS, draft_to: int | None = None,
+    decoded_pixel_cap: int | None = None,
 ) -> Image.Image:
     """Bytes -> RGB, EXIF-transposed PIL image. Raises ``BadImage(reason, detail)``.
 
     ``draft_to`` lets JPEG decoding skip resolution the model will never see (the returned
-    image is then only guaranteed to have its shorter side >= draft_to).
+    image is then only guaranteed to have its shorter side >= draft_to); ``decoded_pixel_cap``
+    refuses images that would decode to more pixels than that (checked from the header).
     """
-    return _decode(data, limits, draft_to)[0]
+    return _decode(data, limits, draft_to, decoded_pixel_cap)[0]
 
 
 def center_crop_resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -158,9 +194,13 @@ def center_crop_resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def prepare_bytes(data: bytes, spec: PreprocessSpec, limits: Limits = DEFAULT_LIMITS) -> Prepared:
+def prepare_bytes(
+    data: bytes, spec: PreprocessSpec, limits: Limits = DEFAULT_LIMITS,
+    decoded_pixel_cap: int | None = None,
+) -> Prepared:
     """The shared path: bytes -> (uint8 pixels, original size). Raises ``BadImage``."""
-    rgb, size = _decode(data, limits, spec.input_size if spec.draft else None)
+    draft_to = spec.input_size if spec.draft else None
+    rgb, size = _decode(data, limits, draft_to, decoded_pixel_cap)
     return Prepared(center_crop_resize(rgb, spec), size)
 
 

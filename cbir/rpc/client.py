@@ -10,9 +10,8 @@ from cbir.rpc.security import ClientSecurity, client_channel, client_sync_channe
 from cbir.rpc.serving import channel_options
 from cbir.rpc.status import STATUS_OF
 
-
-class DeadlineExceeded(errors.Unavailable):
-    """The call did not finish within its timeout."""
+# One class for one meaning: the call did not finish within its timeout (an Unavailable).
+DeadlineExceeded = errors.DeadlineExceeded
 
 
 class ServerError(errors.CbirError):

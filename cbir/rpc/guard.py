@@ -96,11 +96,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
                 message: str) -> Callable[[grpc.aio.ServicerContext], tuple[Any, str]]:
         def decide(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
             peer = context.peer()
+            # A locked-out address learns nothing, not even that a token is known but lacks
+            # the role (that would tell a guesser it found one).
+            lockout = self._lockout(method, context) if self.auth is not None else None
             if code == grpc.StatusCode.UNAUTHENTICATED:  # a guess: counts towards the lockout
-                lockout = self._lockout(method, context)
                 self.limiter.failed(peer)
-                if lockout is not None:
-                    return lockout
+            if lockout is not None:
+                return lockout
             self.refusals.refused(method, message, peer)
             return code, message
 

@@ -1,8 +1,18 @@
-"""Building a grpc.aio server with health, reflection, limits and graceful drain."""
+"""Building a grpc.aio server with health, reflection, limits and graceful drain.
+
+Per-connection limits (why each): ``max_concurrent_streams`` bounds how many requests one
+connection can have in memory at once (each up to its method's byte budget, see
+``cbir.rpc.request_limits``); idle connections are closed so a client that opens many and walks
+away does not hold them; ``max_connection_age`` makes long-lived clients reconnect now and then,
+which lets a Service spread them over new replicas, with a grace longer than the longest
+deadline so no call is cut short.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import errno
 import logging
 import signal
@@ -15,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cbir import errors
 from cbir.limits import DEFAULT_LIMITS, Limits
+from cbir.rpc.request_limits import RequestGuard, request_byte_limits
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +41,57 @@ def channel_options(limits: Limits = DEFAULT_LIMITS) -> list[tuple[str, int]]:
     ]
 
 
-def server_options(limits: Limits = DEFAULT_LIMITS) -> list[tuple[str, int]]:
+MAX_CONCURRENT_STREAMS = 100  # per connection
+MAX_CONNECTION_IDLE_MS = 5 * 60_000
+MAX_CONNECTION_AGE_MS = 30 * 60_000
+
+
+def server_options(
+    limits: Limits = DEFAULT_LIMITS, receive_bytes: int | None = None
+) -> list[tuple[str, int]]:
+    """``receive_bytes``: the transport's receive limit (default: limits.max_message_bytes)."""
+    receive = limits.max_message_bytes if receive_bytes is None else receive_bytes
+    grace_ms = int(limits.max_deadline_s * 1000) + 5_000  # the longest call still finishes
+    options = [o for o in channel_options(limits) if o[0] != "grpc.max_receive_message_length"]
     return [
-        *channel_options(limits),
+        *options,
+        ("grpc.max_receive_message_length", receive),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", grace_ms),
     ]
 
+
+def receive_limit(service_names: Iterable[str], byte_limits: dict[str, int]) -> int:
+    """The largest request any method of these services accepts (at least a small one)."""
+    prefixes = tuple(f"/{name}/" for name in service_names)
+    own = [n for method, n in byte_limits.items() if method.startswith(prefixes)]
+    return max([*own, 64 * 1024])
+
+
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameter numbers
+MMAP_THRESHOLD_BYTES = 128 * 1024
+ARENA_MAX = 2
+
+
+def return_large_buffers_to_the_os() -> bool:
+    """Pin glibc's mmap threshold at its default 128 KiB. By default glibc raises it to the size
+    of each large block freed (up to 32 MiB), after which request-sized buffers (a 20 MiB image,
+    a refused 32 MiB message) come from the heap and stay in the process after they are freed:
+    twenty large requests then leave a server hundreds of MB larger. Pinned, every such buffer
+    is mapped and unmapped. False where the C library has no mallopt (not glibc)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        # Fewer arenas: grpc's threads each filling a private arena with 16 KiB frame pieces
+        # of one large message leaves every arena fragmented at that message's size.
+        arenas = bool(libc.mallopt(M_ARENA_MAX, ARENA_MAX))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and arenas
+    except (OSError, AttributeError, TypeError):
+        return False
 
 def check_can_listen(host: str, port: int) -> None:
     """One clear error before gRPC tries (its own failure is a log line and a RuntimeError):
@@ -66,12 +121,16 @@ class Serving:
         limits: Limits = DEFAULT_LIMITS,
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     ) -> None:
+        self.service_names = list(service_names)
+        byte_limits = request_byte_limits(limits)
+        self.receive_bytes = receive_limit(self.service_names, byte_limits)
+        guard = RequestGuard(byte_limits, default_bytes=self.receive_bytes)
         self.server = grpc.aio.server(
-            options=server_options(limits), interceptors=list(interceptors)
+            options=server_options(limits, self.receive_bytes),
+            interceptors=[*interceptors, guard],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.service_names = list(service_names)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
@@ -100,6 +159,7 @@ class Serving:
             await self.health.set(name, status)
 
     async def start(self) -> None:
+        return_large_buffers_to_the_os()
         await self.set_serving(False)
         await self.server.start()
 

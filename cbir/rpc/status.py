@@ -18,6 +18,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),  # before its base class
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
@@ -45,12 +46,18 @@ def grpc_errors(
         try:
             return await method(self, request, context)
         except errors.CbirError as exc:
-            await context.abort(status_for(exc), str(exc))
+            code, message = status_for(exc), str(exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
+            code, message = grpc.StatusCode.INTERNAL, "internal error (see server log)"
+        # grpc's abort raises an exception that ends up in a reference cycle with the frames
+        # it passes through; whatever those frames hold lives until a gc pass. So the abort
+        # happens outside the except block (no chained core error) and after dropping the
+        # request, which may be as large as the message limit.
+        del request
+        await context.abort(code, message)
         raise AssertionError("unreachable")  # context.abort always raises
 
     return wrapper

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import faiss
 
 from cbir import errors, index_layout, storage
+from cbir.options import nested, option
 from cbir.schema import (
     EmbedManifest,
     IndexManifest,
@@ -27,7 +28,7 @@ from cbir.schema import (
     write_manifest,
 )
 from jobs import engines
-from jobs.build_index import embeddings_run, partition, select
+from jobs.build_index import embeddings_run, partition, select, train_device
 from jobs.build_index import manifest as manifests
 from jobs.build_index.shard import (
     RecallNotReached,
@@ -43,19 +44,39 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BuildConfig:
-    embeddings: str
-    output: str
-    num_shards: int
-    factory: str | None = None  # None: choose automatically (select.choose_index)
-    engine: EngineOptions = field(default_factory=EngineOptions)  # Spark master, --conf
-    memory_budget_bytes: int = 8 * select.GIB
-    target_recall: float = 0.95
-    train_size: int = 200_000  # vectors sampled for training (IVF centroids, PQ codebooks)
-    tune_queries: int = 500
+    """The build's options, declared once: ``cbir build-index``'s flags are generated from these
+    fields (``cbir.options``), so the CLI and Python callers share every default."""
+
+    embeddings: str = option(required=True, help="embeddings run (path or s3://)")
+    output: str = option(required=True, help="index root to write (path or s3://)")
+    num_shards: int = option(flag="--shards", positive=True, required=True, env="CBIR_SHARDS",
+                             help="number of shards N")
+    factory: str | None = option(  # None: choose automatically (select.choose_index)
+        None, flag="--index", metavar="FACTORY", help="Faiss factory (Flat, HNSW32, "
+        "IVF4096,SQ8, OPQ32,IVF4096,PQ32...); default: chosen from size, dim and "
+        "--memory-budget-gb")
+    engine: EngineOptions = nested(EngineOptions)  # sequential unless told; master, --conf
+    memory_budget_gb: float = option(8.0, positive=True, help="RAM one shard server may spend "
+                                     "on its index (automatic selection)")
+    target_recall: float = option(0.95, positive=True,
+                                  help="recall@10 the tuned nprobe/efSearch must reach")
+    # vectors sampled for training (IVF centroids, PQ codebooks)
+    train_size: int = option(200_000, positive=True, help="vectors sampled to train IVF/PQ")
+    tune_queries: int = option(500, positive=True, help="queries to tune search params on")
     seed: int = 1234
-    faiss_threads: int = 0  # per task; 0 = Faiss's default (all cores)
+    faiss_threads: int = option(0, non_negative=True,
+                                help="OpenMP threads per shard task (0 = all cores)")
+    train_device: str = option("auto", choices=("auto", "cpu", "cuda"),
+                               help="where IVF k-means trains: auto (the GPU when faiss-gpu "
+                               "sees one, else CPU) | cpu | cuda")
     # Build only this shard (one pod of a Kubernetes Indexed Job); None = every shard.
-    shard_only: int | None = None
+    shard_only: int | None = option(
+        None, non_negative=True, metavar="K", help="build shard K only (one pod per shard, "
+        "e.g. a Kubernetes Indexed Job); the process that completes the set writes the manifest")
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_gb * select.GIB)
 
 
 def _empty_index(dim: int, factory: str) -> faiss.Index:
@@ -73,7 +94,7 @@ def train(dataset: embeddings_run.ds.Dataset, dim: int, factory: str,
         sample = embeddings_run.read_sample(dataset, dim, config.train_size, config.seed)
         log.info("training %s on %d sampled vectors", factory, len(sample))
         try:
-            index.train(sample)
+            train_device.train(index, sample, train_device.resolve(config.train_device))
         except RuntimeError as exc:
             raise errors.InvalidArgument(
                 f"cannot train {factory!r} on {len(sample)} vectors: {exc}"
@@ -178,6 +199,9 @@ def check(config: BuildConfig) -> None:
     """The cheap checks, before reading embeddings, training or starting Spark."""
     if config.num_shards <= 0:
         raise errors.InvalidArgument(f"--shards must be positive, got {config.num_shards}")
+    if not 0 < config.target_recall <= 1:
+        raise errors.InvalidArgument(f"--target-recall must be in (0, 1], got "
+                                     f"{config.target_recall}")
     if config.shard_only is not None and not 0 <= config.shard_only < config.num_shards:
         raise errors.InvalidArgument(
             f"--shard-only must be in [0, {config.num_shards}), got {config.shard_only}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from cbir.errors import InvalidArgument
 from cbir.limits import DEFAULT_LIMITS, Limits
@@ -10,7 +11,7 @@ from cbir.limits import DEFAULT_LIMITS, Limits
 DEFAULT_OBJECTS_PER_TASK = 256  # the most objects one task (= one Parquet part) gets
 DEFAULT_IO_THREADS = 8
 DEFAULT_NUM_SHARDS = 1
-DEFAULT_ENGINE = "spark"  # the backfill is the heavy job: Spark (local[*]) unless told
+DEFAULT_ENGINE: Literal["sequential", "spark"] = "spark"  # the heavy job: Spark unless told
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class BackfillConfig:
     dim: int
     weights: str | None = None
     device: str | None = None
+    runtime: str = "auto"  # auto | torch | onnxruntime (cbir.embedding.runtimes)
     batch_size: int | None = None  # images per model call; None = the embedder's default
     num_shards: int = DEFAULT_NUM_SHARDS
     # None: sized from the bucket and the engine's parallelism (at most the default), so a

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -14,39 +15,70 @@ from dataclasses import dataclass
 from cbir import schema, storage
 from cbir.embedding import DEFAULT_MODEL, describe_model
 from cbir.errors import InvalidArgument, NotFound
+from cbir.model_names import RUNTIME_NAMES
+from cbir.options import nested, option
 from jobs import engines
 from jobs.embed import plan
 from jobs.embed.config import (
+    DEFAULT_ENGINE,
     DEFAULT_IO_THREADS,
     DEFAULT_NUM_SHARDS,
+    DEFAULT_OBJECTS_PER_TASK,
     BackfillConfig,
     EmbedTask,
     ObjectRef,
     TaskResult,
 )
+from jobs.embed.gpu import spark_gpu_conf
 from jobs.embed.task import embed_and_commit
 from jobs.engines import EngineOptions
 from jobs.progress import Progress
+from jobs.spark_session import DEFAULT_MASTER
 
 log = logging.getLogger(__name__)
 
 WorkFn = Callable[[EmbedTask, BackfillConfig], TaskResult]
 
 
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def _default_engine() -> EngineOptions:
+    return EngineOptions(engine=DEFAULT_ENGINE)
+
+
 @dataclass(frozen=True)
 class JobOptions:
-    """What the CLI gives; ``build_config`` turns it into the frozen config tasks carry."""
+    """The backfill's options, declared once: the CLI's flags are generated from these fields
+    (``cbir.options``); ``build_config`` turns them into the frozen config tasks carry."""
 
-    input: str
-    output: str
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    device: str | None = None
-    batch_size: int | None = None
-    num_shards: int = DEFAULT_NUM_SHARDS
-    objects_per_task: int | None = None
-    io_threads: int = DEFAULT_IO_THREADS
-    inventory: str | None = None
+    input: str = option(required=True, help="s3://BUCKET[/PREFIX] of images")
+    output: str = option(required=True, help="output directory or s3:// URI")
+    model: str = option(DEFAULT_MODEL, help="efficientnet_lite0 (1280-d) | resnet50 (2048-d)")
+    weights: str | None = option(None, help="model weights (state_dict): local path or s3:// URI")
+    device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda if any)")
+    runtime: str = option("auto", choices=RUNTIME_NAMES,
+                          help="auto (CUDA torch on a GPU, ONNX Runtime on CPU) | torch | "
+                          "onnxruntime; every runtime gives the same embeddings (1e-4)")
+    batch_size: int | None = option(None, positive=True,
+                                    help="images per model call (default: the model's)")
+    num_shards: int = option(DEFAULT_NUM_SHARDS, positive=True, help="fills shard = id %% N")
+    objects_per_task: int | None = option(
+        None, positive=True, help="objects per task = per Parquet part (default: sized from the "
+        f"bucket and the cluster's cores, at most {DEFAULT_OBJECTS_PER_TASK})")
+    io_threads: int = option(DEFAULT_IO_THREADS, positive=True,
+                             help="fetch+decode threads per task")
+    allow_empty: bool = option(False, help="succeed on an input with no objects (default: an "
+                               "error, since it is usually a typo'd bucket or prefix)")
+    inventory: str | None = option(
+        None, help="plan from this S3 Inventory report (the s3://.../manifest.json of a CSV or "
+        "Parquet inventory of the input bucket) instead of listing the bucket")
+    engine: EngineOptions = nested(_default_engine)
+
+    def __post_init__(self) -> None:
+        if self.device is not None and not _DEVICE.match(self.device):
+            raise InvalidArgument(f"--device {self.device!r} is not a device: use cpu, cuda or "
+                                  "cuda:N")
 
 
 def build_config(opts: JobOptions) -> BackfillConfig:
@@ -58,7 +90,8 @@ def build_config(opts: JobOptions) -> BackfillConfig:
     info = describe_model(opts.model, opts.weights)  # unknown model / missing weights fail here
     return BackfillConfig(
         input=opts.input, output=opts.output, model=info.name, model_version=info.version,
-        dim=info.dim, weights=opts.weights, device=opts.device, batch_size=opts.batch_size,
+        dim=info.dim, weights=opts.weights, device=opts.device, runtime=opts.runtime,
+        batch_size=opts.batch_size,
         num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
         io_threads=opts.io_threads, inventory=opts.inventory,
     )
@@ -146,7 +179,7 @@ def run_backfill(
     allow_empty: bool = False, work_fn: WorkFn = embed_and_commit,
 ) -> schema.EmbedManifest:
     """``work_fn`` is the task body (``embed_and_commit``); tests wrap it to inject faults."""
-    options = options or EngineOptions()
+    options = _with_gpu_resources(options or EngineOptions(), config)
     start = time.perf_counter()
     check(config, options)
     s3_retries_before = storage.S3_REQUESTS.retries()
@@ -164,6 +197,15 @@ def run_backfill(
     log.info("backfill done: %d images, %d errors, %d parts (%d new)", manifest.num_images,
              manifest.num_errors, len(manifest.parts), sum(r.written for r in results))
     return manifest
+
+
+def _with_gpu_resources(options: EngineOptions, config: BackfillConfig) -> EngineOptions:
+    """On a cluster with CUDA, Spark's GPU scheduling binds one GPU per task; the user's own
+    --conf entries come last, so they win."""
+    gpu = spark_gpu_conf(config.device, options.master or DEFAULT_MASTER)
+    if options.engine != "spark" or not gpu:
+        return options
+    return dataclasses.replace(options, conf=(*gpu.items(), *options.conf))
 
 
 def _task_objects(task: EmbedTask) -> int:

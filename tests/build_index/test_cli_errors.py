@@ -11,7 +11,7 @@ import pytest
 
 from cbir.cli import main
 from jobs.build_index.build import BuildConfig
-from jobs.build_index.cli import _DEFAULTS, add_arguments
+from jobs.build_index.cli import add_arguments
 from tests.build_index import fixtures as fx
 from tests.conftest import free_port
 
@@ -44,26 +44,26 @@ def _build(capsys: pytest.CaptureFixture[str], emb: str, out: str, *extra: str
                 "--no-progress", *extra)
 
 
-def test_flag_defaults_are_the_config_defaults() -> None:
+def test_flag_defaults_are_the_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
+    from cbir.options import build
+
+    for name in ("CBIR_ENGINE", "CBIR_MASTER", "CBIR_TRAIN_SIZE"):
+        monkeypatch.delenv(name, raising=False)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--embeddings", "e", "--output", "o", "--shards", "3"])
-    assert args.engine == BuildConfig(embeddings="", output="", num_shards=1).engine.engine
-    assert (args.index, args.target_recall, args.train_size, args.tune_queries,
-            args.faiss_threads, args.shard_only) == (
-        _DEFAULTS.factory, _DEFAULTS.target_recall, _DEFAULTS.train_size,
-        _DEFAULTS.tune_queries, _DEFAULTS.faiss_threads, _DEFAULTS.shard_only)
-    assert int(args.memory_budget_gb * (1 << 30)) == _DEFAULTS.memory_budget_bytes
+    assert build(BuildConfig, args) == BuildConfig(embeddings="e", output="o", num_shards=3)
+    assert args.engine == "sequential" == BuildConfig("e", "o", 3).engine.engine
 
 
 @pytest.mark.parametrize(("flag", "value", "says"), [
-    ("--shards", "0", "'0' is not a positive integer"),
-    ("--train-size", "-1", "'-1' is not a positive integer"),
-    ("--faiss-threads", "-2", "'-2' is not an integer >= 0"),
-    ("--target-recall", "1.5", "'1.5' is not in (0, 1]"),
-    ("--memory-budget-gb", "0", "'0' is not a positive number"),
+    ("--shards", "0", "argument --shards: must be > 0, got 0"),
+    ("--train-size", "-1", "argument --train-size: must be > 0, got -1"),
+    ("--faiss-threads", "-2", "argument --faiss-threads: must be >= 0, got -2"),
+    ("--target-recall", "1.5", "--target-recall must be in (0, 1], got 1.5"),
+    ("--memory-budget-gb", "0", "argument --memory-budget-gb: must be > 0, got 0"),
 ])
 def test_invalid_values_are_refused_by_the_parser(
     flag: str, value: str, says: str, run_uri: str, tmp_path: Path,

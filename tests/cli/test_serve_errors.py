@@ -56,6 +56,12 @@ def test_serve_shard_port_in_use(taken_port: int, tmp_path: Path) -> None:
                     f"is in use (another server? pick another --port, or 0 for any free port)")
 
 
+def test_serve_shard_metrics_port_in_use(taken_port: int, tmp_path: Path) -> None:
+    done = cbir("serve-shard", "--index", str(tmp_path), "--shard", "0", "--port", "0",
+                "--metrics-port", str(taken_port))
+    assert f"cannot listen on 127.0.0.1:{taken_port}: the port is in use" in one_error_line(done)
+
+
 def test_serve_coordinator_port_in_use(taken_port: int, topology: str) -> None:
     done = cbir("serve-coordinator", "--topology", topology, "--no-image-queries",
                 "--port", str(taken_port))

@@ -250,7 +250,6 @@ def start_cluster(
     hedge_after_ms: float | None = None,
     embedder: FakeEmbedder | None = None,
     reprobe_interval_s: float = 0.2,
-    ewma_decay_s: float | None = None,
     balancer_policy: str = "p2c",
     versions: Sequence[str] | None = None,
     data: ShardData | None = None,
@@ -274,7 +273,7 @@ def start_cluster(
     cfg = CoordinatorConfig(
         num_shards=num_shards, port=0, hedge_after_ms=hedge_after_ms,
         balancer=BalancerConfig(reprobe_interval_s=reprobe_interval_s,
-                                ewma_decay_s=ewma_decay_s, policy=balancer_policy),
+                                policy=balancer_policy),
         resolve_interval_s=0.5,
         **config,
     )

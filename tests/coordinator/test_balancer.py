@@ -14,10 +14,8 @@ class Clock:
         return self.now
 
 
-def balancer(n: int = 2, eject_after: int = 3, clock: Clock | None = None,
-             ewma_decay_s: float | None = None) -> ShardBalancer:
-    b = ShardBalancer(0, BalancerConfig(eject_after_failures=eject_after, reprobe_interval_s=1.0,
-                                        ewma_decay_s=ewma_decay_s),
+def balancer(n: int = 2, eject_after: int = 3, clock: Clock | None = None) -> ShardBalancer:
+    b = ShardBalancer(0, BalancerConfig(eject_after_failures=eject_after, reprobe_interval_s=1.0),
                       random.Random(1), clock or Clock())
     b.set_addresses([f"r{i}" for i in range(n)])
     return b
@@ -35,17 +33,6 @@ def test_p2c_prefers_the_faster_replica() -> None:
     b.succeeded("r0", 0.200)
     b.succeeded("r1", 0.010)
     assert all(b.pick() == "r1" for _ in range(50))
-
-
-def test_with_legacy_fading_a_stale_slow_sample_fades_so_the_replica_is_tried_again() -> None:
-    clock = Clock()
-    b = balancer(2, clock=clock, ewma_decay_s=2.0)
-    b.succeeded("r0", 0.050)  # e.g. its first call paid for the connection
-    b.succeeded("r1", 0.001)
-    assert all(b.pick() == "r1" for _ in range(20))
-    clock.now += 30.0  # r0's sample is 15 decay times old; r1's too, but both fade to 1 ms
-    b.succeeded("r1", 0.001)
-    assert "r0" in {b.pick() for _ in range(50)}
 
 
 def test_a_slow_replica_stays_avoided_and_gets_shadow_probes_when_stale() -> None:

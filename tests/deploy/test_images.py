@@ -47,7 +47,7 @@ def _chain(stages: dict[str, list[str]], name: str) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("target", ["server", "coordinator", "jobs"])
+@pytest.mark.parametrize("target", ["server", "coordinator", "jobs", "web"])
 def test_targets_run_as_non_root(target: str) -> None:
     chain = _chain(_stages(), target)
     assert chain, f"no stage {target}"
@@ -64,6 +64,7 @@ def test_each_target_installs_the_right_extras() -> None:
     assert installs["build-server"].endswith(" .")  # core only: no torch in the shard server
     assert '".[embed]"' in installs["build-coordinator"]
     assert '".[embed,spark]"' in installs["build-jobs"]
+    assert installs["build-web"].endswith('".[web]"')  # FastAPI + Pillow, no torch
     assert any("openjdk-17-jre-headless" in ln for ln in stages["jobs"])
 
 

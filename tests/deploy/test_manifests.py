@@ -27,7 +27,9 @@ from tests.deploy.manifests import (
     kustomize,
     named,
     of_kind,
+    pod_labels,
     probe_target,
+    selects,
 )
 
 OVERLAY_NAMES = sorted(p.name for p in OVERLAYS.iterdir() if (p / "overlay.toml").exists())
@@ -226,3 +228,49 @@ def test_prod_serves_mutual_tls_from_mounted_secrets() -> None:
     assert flag(container(coord)["args"], "shard-tls-cert") == "/etc/cbir/tls/tls.crt"
     dev = named(rendered("dev"), "Deployment", "cbir-shard-0")
     assert "grpc" in container(dev)["readinessProbe"]  # dev stays plaintext
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_web_front_end_serves_behind_its_service(overlay: str) -> None:
+    """cbir-web: its own image (no torch), dials the coordinator's Service on its gRPC port,
+    a Service and PDB that select exactly its pods, HTTP probes on the port it listens on."""
+    docs = rendered(overlay)
+    params = params_of(overlay)
+    dep = named(docs, "Deployment", "cbir-web")
+    ctr = container(dep)
+    assert ctr["image"] == f"{params.image_registry}/cbir-web:{params.image_tag}"
+    assert ctr["args"][0] == "serve-web"
+    host, port = flag(ctr["args"], "coordinator").split(":")
+    coordinator = named(docs, "Service", host)
+    assert any(p["port"] == int(port) and p["name"] == "grpc"
+               for p in coordinator["spec"]["ports"])
+    listen = int(flag(ctr["args"], "port"))
+    assert [p["containerPort"] for p in ctr["ports"] if p["name"] == "http"] == [listen]
+    pods = pod_labels(dep)
+    assert pods["app.kubernetes.io/component"] == "web"
+    for kind in ("Service", "PodDisruptionBudget"):
+        doc = named(docs, kind, "cbir-web")
+        selector = doc["spec"]["selector"] if kind == "Service" else \
+            doc["spec"]["selector"]["matchLabels"]
+        assert selects(selector, pods)
+        others = [w for w in of_kind(docs, "Deployment") if w is not dep]
+        assert not any(selects(selector, pod_labels(w)) for w in others), kind
+    service = named(docs, "Service", "cbir-web")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert ctr["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ctr["livenessProbe"]["tcpSocket"]["port"] == "http"
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and \
+        ctr["securityContext"]["readOnlyRootFilesystem"]
+    scheme = ctr["readinessProbe"]["httpGet"]["scheme"]
+    if params.tls == "off":
+        assert scheme == "HTTP" and not any(a.startswith("--tls") for a in ctr["args"])
+        return
+    assert scheme == "HTTPS"
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"tls": "cbir-web-tls", "ca": "cbir-ca"}
+    assert flag(ctr["args"], "tls-cert") == "/etc/cbir/tls/tls.crt"
+    assert flag(ctr["args"], "coordinator-tls-ca") == "/etc/cbir/ca/ca.crt"
+    assert flag(ctr["args"], "coordinator-tls-server-name") == "cbir-coordinator"
+    if params.tls == "mtls":
+        assert flag(ctr["args"], "coordinator-tls-cert") == "/etc/cbir/tls/tls.crt"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,9 @@ def test_demo_serves_real_results_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert accuracy >= 90.0
         assert "skipped s3://cbir-demo-photos/photos/broken/empty.jpg: empty" in text
         coordinator = re.search(r"serving on (127\.0\.0\.1:\d+)", text).group(1)  # type: ignore[union-attr]
+        web = re.search(r"HTTP/JSON API: (http://127\.0\.0\.1:\d+/)", text).group(1)  # type: ignore[union-attr]
+        with urllib.request.urlopen(web + "api/info", timeout=30) as reply:
+            assert json.loads(reply.read())["num_shards"] == 2
         example = next(tmp_path.glob("*-crop.jpg"))
         query = subprocess.run(
             [sys.executable, "-m", "cbir.cli", "query", "--coordinator", coordinator,
@@ -63,6 +67,6 @@ def test_demo_serves_real_results_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             raise
     assert proc.returncode == 130  # interrupted: children terminated, nothing left behind
     logs = sorted((tmp_path / "logs").glob("*.log"))
-    assert len(logs) == 5  # 2 shards x 2 replicas + the coordinator
+    assert len(logs) == 6  # 2 shards x 2 replicas + the coordinator + the web server
     crashed = [p.name for p in logs if "Traceback" in p.read_text()]
     assert not crashed, f"servers logged a traceback: {crashed}"

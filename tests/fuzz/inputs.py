@@ -97,3 +97,50 @@ declared = st.one_of(
 )
 
 image_bytes = st.one_of(st.binary(max_size=2048), mutated(), declared)
+
+
+def png_zero_rows(width: int, height: int, mode: int, depth: int) -> bytes:
+    """A REAL, valid PNG of ``width`` x ``height`` black pixels, compressed row by row (the
+    test never holds the raw pixels): the 124 KB 8000x8000 16-bit grey PNG of issue 16 is
+    ``png_zero_rows(8000, 8000, 0, 16)``."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[mode]
+    row = b"\x00" * (1 + width * channels * depth // 8)  # filter byte 0 + the samples
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, mode, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body)
+            + _chunk(b"IEND", b""))
+
+
+def tiny_gif_screen(width: int, height: int) -> bytes:
+    """~40 bytes whose header claims a ``width`` x ``height`` logical screen."""
+    return gif_declaring(width, height, b"")
+
+
+def eps_document() -> bytes:
+    """Encapsulated PostScript: PIL would run ghostscript on it if it were allowed to open it."""
+    return (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
+            b"newpath 0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n")
+
+
+@lru_cache(maxsize=1)
+def hostile_queries() -> dict[str, bytes]:
+    """The image queries issue 16 found to exhaust a coordinator's memory, plus EPS."""
+    return {
+        "png16_8000": png_zero_rows(8000, 8000, 0, 16),
+        "rgba_8000": png_zero_rows(8000, 8000, 6, 8),
+        "gif_screen_8000": tiny_gif_screen(8000, 8000),
+        "eps": eps_document(),
+    }
+
+
+query_headers = st.one_of(
+    st.builds(png_declaring, st.integers(1, 20_000), st.integers(1, 20_000),
+              st.sampled_from((0, 2, 4, 6)), st.sampled_from((8, 16)), bodies),
+    st.builds(gif_declaring, st.integers(1, 65535), st.integers(1, 65535), bodies),
+    st.builds(bmp_declaring, st.integers(-20_000, 20_000), st.integers(-20_000, 20_000),
+              st.sampled_from((8, 24, 32)), bodies),
+    st.builds(lambda s, w, h: jpeg_with_size(s, w, h),
+              st.sampled_from(seeds()).filter(lambda b: b[:2] == b"\xff\xd8"),
+              st.integers(1, 65535), st.integers(1, 65535)),
+)

@@ -1,9 +1,11 @@
 """Image decoding under thousands of hostile inputs: every input either decodes to an RGB
 image or raises BadImage; nothing else escapes, nothing hangs (per-example deadline and a
-hard pytest timeout)."""
+hard pytest timeout); image headers decoded as queries stay within the memory budget."""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from datetime import timedelta
 
 import numpy as np
@@ -15,7 +17,7 @@ from cbir.embedding import decode_image, load_embedder
 from cbir.embedding.preprocess import PreprocessSpec, prepare_bytes
 from cbir.errors import BadImage
 from tests.fuzz.conftest import TRIED, examples
-from tests.fuzz.inputs import image_bytes, seeds
+from tests.fuzz.inputs import image_bytes, query_headers, seeds
 
 
 def fuzz(n: int) -> settings:
@@ -58,3 +60,38 @@ def test_embed_bytes_accounts_for_every_input(batch: list[bytes]) -> None:
     assert np.isfinite(res.vectors).all()
     if len(res.ok):
         assert np.allclose(np.linalg.norm(res.vectors, axis=1), 1.0, atol=1e-4)
+
+
+QUERY_RSS_BUDGET_MIB = 300
+
+
+@pytest.mark.timeout(300)
+def test_query_headers_stay_in_the_memory_budget() -> None:
+    """Image headers declaring any size/depth/mode, decoded as queries: each one decodes or is
+    refused (never anything else), and the whole run's peak RSS (VmHWM, reset first) grows by
+    less than the budget the query pixel cap implies."""
+    from bench.embed_cluster import reset_peak_rss, rss_kib
+    from cbir.limits import DEFAULT_LIMITS
+
+    pid = os.getpid()
+    reset_peak_rss(pid)
+    before = rss_kib(pid)
+    cap = DEFAULT_LIMITS.max_query_image_pixels
+    outcomes: Counter[str] = Counter()
+
+    @fuzz(examples(2000) // 4 + 20)
+    @given(data=query_headers)
+    def one(data: bytes) -> None:
+        TRIED["query headers"] += 1
+        try:
+            pixels = prepare_bytes(data, PreprocessSpec(), decoded_pixel_cap=cap).pixels
+        except BadImage as exc:
+            outcomes[exc.reason] += 1
+            return
+        outcomes["ok"] += 1
+        assert pixels.shape == (224, 224, 3)
+
+    one()
+    grew_mib = (rss_kib(pid, "VmHWM") - before) / 1024
+    assert outcomes["decompression_bomb"] > 0, outcomes  # the cap was exercised
+    assert grew_mib < QUERY_RSS_BUDGET_MIB, f"peak RSS +{grew_mib:.0f} MiB ({outcomes})"

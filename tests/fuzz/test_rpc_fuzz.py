@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -129,6 +130,39 @@ def test_shard_other_rpcs_fuzz(shard_channel: grpc.Channel, admin_channel: grpc.
     call(method, request)
 
 
+def rss_bytes() -> int:
+    """This process's resident memory (the servers under test run in it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+# Repeated fields from empty to millions of items: refused by size before conversion or by
+# count after, never converted into a list first (memory stays flat).
+lengths = st.one_of(st.integers(0, 2000), st.sampled_from([1024, 1025, 100_000, 2_000_000]))
+RSS_BUDGET = 200 * 1024 * 1024
+
+
+@pytest.mark.timeout(300)
+def test_shard_repeated_field_lengths_fuzz(shard_channel: grpc.Channel) -> None:
+    stub = cbir_pb2_grpc.ShardStub(shard_channel)
+    call(stub.GetVectors, cbir_pb2.GetVectorsRequest(image_ids=[1] * 2_000_000))  # warm-up
+    before = rss_bytes()
+
+    @fuzz(examples(2000) // 40)
+    @given(n=lengths, value=int64s)
+    def run(n: int, value: int) -> None:
+        TRIED["Shard.GetVectors lengths"] += 1
+        code = call(stub.GetVectors, cbir_pb2.GetVectorsRequest(image_ids=[value] * n))
+        if n > 1024:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    run()
+    assert rss_bytes() - before < RSS_BUDGET
+    assert_serving(shard_channel)
+
+
 def test_shard_still_serves_exact_answers(shard_channel: grpc.Channel,
                                           shard_index: BuiltIndex) -> None:
     assert_serving(shard_channel)
@@ -196,6 +230,27 @@ def test_coordinator_search_fuzz(cluster: Cluster, coord_channel: grpc.Channel) 
 
     run()
     call(stub.Info, cbir_pb2.InfoRequest())
+
+
+@pytest.mark.timeout(300)
+def test_coordinator_vector_lengths_fuzz(cluster: Cluster, coord_channel: grpc.Channel) -> None:
+    stub = cbir_pb2_grpc.CoordinatorStub(coord_channel)
+    dim = cluster.data.vectors.shape[1]
+    before = rss_bytes()
+
+    @fuzz(examples(2000) // 40)
+    @given(n=lengths, value=floats32)
+    def run(n: int, value: float) -> None:
+        TRIED["Coordinator.Search vector lengths"] += 1
+        request = cbir_pb2.SearchRequest(vector=cbir_pb2.FloatVector(
+            values=np.full(n, value, dtype=np.float32)), k=3)
+        code = call(stub.Search, request)
+        if n != dim:
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+    run()
+    assert rss_bytes() - before < RSS_BUDGET
+    assert_serving(coord_channel)
 
 
 def test_coordinator_still_serves_exact_answers(cluster: Cluster,

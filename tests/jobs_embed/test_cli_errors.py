@@ -36,21 +36,27 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def test_flag_defaults_are_the_config_defaults() -> None:
+def test_flag_defaults_are_the_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
+    from cbir.options import build
     from jobs.embed.cli import add_arguments
     from jobs.embed.config import DEFAULT_ENGINE
     from jobs.embed.job import JobOptions
 
+    for name in ("CBIR_ENGINE", "CBIR_MASTER", "CBIR_BATCH_SIZE"):
+        monkeypatch.delenv(name, raising=False)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--input", "s3://b", "--output", "o"])
-    defaults = JobOptions(input="s3://b", output="o")
-    for name in ("model", "weights", "device", "batch_size", "num_shards", "objects_per_task",
-                 "io_threads"):
-        assert getattr(args, name) == getattr(defaults, name), name
-    assert args.engine == DEFAULT_ENGINE and args.conf == [] and args.master is None
+    assert build(JobOptions, args) == JobOptions(input="s3://b", output="o")
+    assert args.engine == DEFAULT_ENGINE == "spark" and args.conf == [] and args.master is None
+    # Kubernetes manifests may set any option through the environment instead.
+    monkeypatch.setenv("CBIR_BATCH_SIZE", "16")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert build(JobOptions, parser.parse_args(["--input", "s3://b", "--output", "o"])
+                 ).batch_size == 16
 
 
 def test_missing_bucket(s3_endpoint: str, tmp_path: Path,
@@ -70,12 +76,12 @@ def test_unknown_model(s3_endpoint: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("flag", "value", "says"), [
-    ("--batch-size", "-5", "'-5' is not a positive integer"),
-    ("--batch-size", "0", "'0' is not a positive integer"),
-    ("--objects-per-task", "0", "'0' is not a positive integer"),
-    ("--num-shards", "-1", "'-1' is not a positive integer"),
-    ("--io-threads", "many", "'many' is not a positive integer"),
-    ("--device", "tpu", "'tpu' is not a device: use cpu, cuda or cuda:N"),
+    ("--batch-size", "-5", "argument --batch-size: must be > 0, got -5"),
+    ("--batch-size", "0", "argument --batch-size: must be > 0, got 0"),
+    ("--objects-per-task", "0", "argument --objects-per-task: must be > 0, got 0"),
+    ("--num-shards", "-1", "argument --num-shards: must be > 0, got -1"),
+    ("--io-threads", "many", "argument --io-threads: expected an integer, got 'many'"),
+    ("--device", "tpu", "--device 'tpu' is not a device: use cpu, cuda or cuda:N"),
     ("--conf", "spark.executor.memory", "expected KEY=VALUE"),
     ("--engine", "dask", "invalid choice: 'dask'"),
 ])

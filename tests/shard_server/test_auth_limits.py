@@ -72,7 +72,17 @@ def test_wrong_token_burst_is_locked_out_and_summarised(
         assert f"refused {BURST} more calls" in lines[1] and counted == BURST  # 499 + right one
         assert WRONG not in " ".join(lines) and TOKEN not in " ".join(lines)
 
+        # nor does a known token on a method it may not call: no oracle while locked out
+        with pytest.raises(grpc.RpcError) as info:
+            stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=flat_index.root), timeout=5,
+                           metadata=bearer_metadata(TOKEN))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
         later = guard.limiter.clock() + LIMIT.interval_s + 1
         guard.limiter.clock = lambda: later  # the window is over
         assert _stats(stub, TOKEN) == grpc.StatusCode.OK
         assert _stats(stub, WRONG) == grpc.StatusCode.UNAUTHENTICATED  # a fresh window
+        with pytest.raises(grpc.RpcError) as info:
+            stub.LoadIndex(cbir_pb2.LoadIndexRequest(index_uri=flat_index.root), timeout=5,
+                           metadata=bearer_metadata(TOKEN))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.merge import ShardHits, merge_top_k
+from cbir.merge import ShardHits, merge_top_k
 
 
 def hits(shard: int, ids: list[int], scores: list[float]) -> ShardHits:

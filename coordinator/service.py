@@ -1,0 +1,141 @@
+"""The query service: one search request in plain types -> one answer (no grpc, no protobuf).
+
+The gRPC servicer only translates a ``SearchRequest`` into a ``Query`` and the ``SearchAnswer``
+back; a future HTTP handler calls the same ``QueryService.search``. Here live the rules every
+front end shares: the caller's deadline, which query kind turns into which vector (embed an
+image, fetch an indexed image's stored vector, or check a raw vector), normalising it for the
+metric, the search itself and leaving out the query image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cbir.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelMismatch,
+    Unavailable,
+)
+from cbir.limits import Limits
+from cbir.rpc.deadlines import caller_budget_s
+from coordinator.queries import (
+    IndexParams,
+    check_image_id,
+    check_params,
+    check_vector,
+    prepare_query,
+    resolve_k,
+)
+from coordinator.query_embedder import EmbeddingRunner, check_image_bytes
+from coordinator.search import ClusterInfo, DistributedSearch, SearchAnswer
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search request. Exactly one of ``image``, ``vector``, ``image_id`` is set.
+
+    ``vector`` may be any sized sequence (e.g. a protobuf repeated field): its length is
+    checked before it is converted. ``time_remaining_s``: what the caller's deadline leaves
+    (None: no deadline, the default applies)."""
+
+    image: bytes | None = None
+    vector: Sequence[float] | None = None
+    image_id: int | None = None
+    k: int = 0
+    params: IndexParams = field(default_factory=IndexParams)
+    exclude_query_image: bool = False
+    request_id: str = ""
+    time_remaining_s: float | None = None
+
+    @property
+    def kind(self) -> str:
+        """"image", "vector", "image_id" or "none" (for metrics and logs)."""
+        for name in ("image", "vector", "image_id"):
+            if getattr(self, name) is not None:
+                return name
+        return "none"
+
+
+@dataclass
+class CoordinatorState:
+    """What the background tasks learn and the service reads."""
+
+    image_queries: bool
+    info: ClusterInfo | None = None
+    embedder: EmbeddingRunner | None = None
+    embedder_error: str | None = None
+
+    def require_info(self) -> ClusterInfo:
+        if self.info is None:
+            raise Unavailable("coordinator not ready: no shard has reported its stats yet")
+        return self.info
+
+    def require_embedder(self, info: ClusterInfo) -> EmbeddingRunner:
+        if not self.image_queries:
+            raise FailedPrecondition(
+                "image queries are disabled on this coordinator; query by vector or image id"
+            )
+        if self.embedder_error is not None:
+            raise FailedPrecondition(f"the query embedder failed to load: {self.embedder_error}")
+        if self.embedder is None:
+            raise Unavailable("coordinator not ready: the query embedder is still loading")
+        e = self.embedder.embedder
+        if e.dim != info.dim or info.model_versions != {e.version}:
+            raise ModelMismatch(
+                f"shards serve model version(s) {sorted(info.model_versions)} with dim "
+                f"{info.dim}, but this coordinator embeds with {e.name} version {e.version} "
+                f"(dim {e.dim}); start it with the model the index was built with"
+            )
+        return self.embedder
+
+
+class QueryService:
+    def __init__(self, limits: Limits, state: CoordinatorState, search: DistributedSearch,
+                 deadline_margin_s: float) -> None:
+        self.limits = limits
+        self.state = state
+        self.search_engine = search
+        self.deadline_margin_s = deadline_margin_s
+
+    def deadline_of(self, query: Query) -> float:
+        """The absolute deadline; one too short to reach any shard is refused at once, as
+        DEADLINE_EXCEEDED (it is the caller's deadline, not a shard, that is the problem)."""
+        budget = caller_budget_s(query.time_remaining_s, self.limits)
+        if budget <= self.deadline_margin_s:
+            raise DeadlineExceeded(
+                f"the caller's deadline ({budget * 1000:.1f} ms left) is too short to ask any "
+                f"shard (at least {self.deadline_margin_s * 1000:.0f} ms is kept back)"
+            )
+        return time.monotonic() + budget
+
+    async def search(self, query: Query) -> SearchAnswer:
+        deadline = self.deadline_of(query)
+        k = resolve_k(query.k, self.limits)
+        check_params(query.params.nprobe, query.params.ef_search, self.limits)
+        info = self.state.require_info()
+        vector, exclude = await self._query_vector(query, info, deadline)
+        return await self.search_engine.search(
+            prepare_query(vector, info.metric), k, query.params, exclude, deadline,
+            query.request_id,
+        )
+
+    async def _query_vector(self, query: Query, info: ClusterInfo, deadline: float
+                            ) -> tuple[np.ndarray, int | None]:
+        if query.vector is not None:
+            return check_vector(query.vector, info.dim), None
+        if query.image is not None:
+            check_image_bytes(query.image, self.limits)
+            runner = self.state.require_embedder(info)
+            return await runner.embed(query.image), None
+        if query.image_id is not None:
+            check_image_id(query.image_id)
+            vector = await self.search_engine.vector_of(query.image_id, deadline,
+                                                        query.request_id)
+            return vector, (query.image_id if query.exclude_query_image else None)
+        raise InvalidArgument("the request needs one of: image, vector, image_id")
