@@ -30,6 +30,9 @@ from bench import cluster, harness
 from bench.counting_fs import CountingFilesystem
 
 SHARD_COUNTS = (1, 4, 16)
+# PQ25 on 50-d GloVe tops out at recall@10 ~0.83 (measured): the build would (rightly) refuse
+# to ship it at 0.95. This bench measures bytes and memory, so it asks for what PQ25 reaches.
+TARGET_RECALL = 0.8
 
 
 def _status_kib(field: str) -> int:
@@ -99,7 +102,7 @@ def one_count(work: Path, emb: str, vectors: np.ndarray, ids: np.ndarray, factor
     try:
         config = build.BuildConfig(emb, str(work / f"ix-{shards}"), shards, factory,
                                    train_size=train_size, faiss_threads=1,
-                                   train_device="cpu")
+                                   train_device="cpu", target_recall=TARGET_RECALL)
         t0 = time.perf_counter()
         top = build.build_index(config, show_progress=False)
         build_s = time.perf_counter() - t0
@@ -128,7 +131,8 @@ def run(quick: bool) -> dict[str, Any]:
     ids = cluster.write_embeddings_run(emb, data.base, parts=8)
     rows = [one_count(work, emb, data.base, ids, factory, train_size, s) for s in SHARD_COUNTS]
     return {"dataset": {"name": data.name, "base": len(data.base), "dim": data.dim},
-            "factory": factory, "train_size": train_size, "by_shards": rows,
+            "factory": factory, "train_size": train_size, "target_recall": TARGET_RECALL,
+            "by_shards": rows,
             "targets": {"bytes_read_over_data": 1.25, "peak_rss_over_index": 2.0,
                         "build_over_direct": 1.5}}
 
