@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from cbir.metrics_registry import server_registry
 
 
 class CoordinatorMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = server_registry()
         r = self.registry
         self.requests = Counter(
             "cbir_coordinator_requests", "Search requests by query type and status code",
