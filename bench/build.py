@@ -6,10 +6,12 @@ Three views of cbir's build, from one run:
 - ``cli_*``: the wall time of the real command (Python start, Parquet read, training, every
   shard task, manifests; for Spark also the session start) - what an operator waits for;
 - ``library``: the same code path timed phase by phase in this process (``plan`` = manifest,
-  sample and training; then ``build_shard`` per shard = read the shard's rows, add, tune search
-  parameters, write index + ids + manifest);
+  sample and training; then ``build_shard`` per shard = route every part keeping the shard's
+  rows, add in chunks, tune search parameters, write index + ids + manifest);
 - ``direct_faiss``: train once on a sample of the same size, then per shard ``add`` +
   ``serialize`` + write, from vectors already in memory (no Parquet, no tuning, no ids table).
+- ``scale`` (``bench.build_scale``): for 1, 4, 16 shards of a PQ index, the bytes the build reads
+  over the data, one shard task's peak RSS over its index, the partitioned build over direct Faiss.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import cluster, harness
+from bench import build_scale, cluster, harness
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,12 @@ def library_build(embeddings: str, output: str, cfg: BuildBench) -> dict[str, An
     config = BuildConfig(embeddings=embeddings, output=output, num_shards=cfg.shards,
                          factory=cfg.factory, train_size=cfg.train_size)
     t0 = time.perf_counter()
-    tasks, trained, _ = plan(config)
+    planned = plan(config)
     plan_s = time.perf_counter() - t0
     per_shard, recalls = [], []
-    for task in tasks:
+    for task in planned.tasks:
         t1 = time.perf_counter()
-        manifest = build_shard(task, trained)
+        manifest = build_shard(task, planned.trained)
         per_shard.append(round(time.perf_counter() - t1, 3))
         recalls.append(manifest.recall_at_10)
     return {"plan_and_train_s": round(plan_s, 3), "per_shard_s": per_shard,
@@ -132,6 +134,7 @@ def run(quick: bool) -> dict[str, Any]:
             "cli_spark_over_direct_total": harness.ratio(spark.get("wall_s"),
                                                          direct.get("total_s")),
         },
+        "scale": _try(build_scale.run, quick),  # issue 14: bytes read, peak RSS, vs direct
         "table": [
             {"case": "direct faiss", "per_shard_s": direct_shard, "total_s": direct.get("total_s"),
              "error": direct.get("error")},

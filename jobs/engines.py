@@ -14,13 +14,13 @@ every attempt fails, the driver raises ``Unavailable`` with the task's last erro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from jobs.engine_types import ENGINES, Capacity, Engine, EngineOptions, Finished, Progress
 
 __all__ = ["ENGINES", "Capacity", "Engine", "EngineOptions", "Finished", "Progress", "capacity",
-           "check", "run"]
+           "check", "run", "run_partitioned"]
 
 T = TypeVar("T")  # a task descriptor: small, picklable
 S = TypeVar("S")  # what every task shares (config, trained index bytes): shipped once
@@ -76,3 +76,38 @@ def _run_sequential(
         done += units(task)
         progress(done)
     return results
+
+
+P = TypeVar("P")  # a routed payload (e.g. Arrow IPC bytes of one shard's rows of one part)
+
+
+def run_partitioned(
+    inputs: Sequence[T],
+    route_fn: Callable[[T, S], Iterable[tuple[int, P]]],
+    reduce_fn: Callable[[int, Iterable[P], S], R],
+    num_keys: int,
+    options: EngineOptions,
+    shared: S,
+    keys: Sequence[int] | None = None,
+    progress: Progress | None = None,
+) -> list[Finished[R]]:
+    """One pass over ``inputs``: ``route_fn`` sends each payload to a key in [0, num_keys);
+    then ``reduce_fn(key, payloads, shared)`` once per key of ``keys`` (default: all), results
+    in ``keys`` order. Payloads reach their reducer in no guaranteed order (a Spark shuffle does
+    not keep one), so a reducer that needs an order carries it in the payload.
+
+    Sequential: one pass spills each key's payloads to a local temp file, then each key is
+    reduced from its spill. Spark: a real shuffle (``partitionBy(num_keys)``), one reduce task
+    per key, each receiving only its own payloads."""
+    wanted = list(range(num_keys)) if keys is None else list(keys)
+    if not wanted:
+        return []
+    report = progress or (lambda _done: None)
+    if options.engine == "sequential":
+        from jobs import spill
+
+        return spill.run_partitioned(inputs, route_fn, reduce_fn, wanted, shared, report)
+    from jobs import spark_engine
+
+    return spark_engine.run_partitioned(inputs, route_fn, reduce_fn, num_keys, wanted,
+                                        options, shared, report)

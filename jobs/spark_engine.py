@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -145,6 +145,86 @@ def run(
         watcher.join()
         broadcast.unpersist()
     progress(done.value)
+    failed = next((o.error for o in outcomes if o.error is not None), None)
+    if failed is not None:
+        raise failed
+    return [Finished(o.result, o.attempt) for o in outcomes]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _RouteFailed:
+    """A permanent error while routing an input: shipped to every wanted reducer, so the
+    driver re-raises it typed instead of Spark retrying a task that cannot succeed."""
+
+    error: CbirError
+
+
+def _route(item: T, route_fn: Callable[[T, S], Iterable[tuple[int, Any]]], shared: S,
+           wanted: frozenset[int]) -> list[tuple[int, Any]]:
+    try:
+        return [(key, payload) for key, payload in route_fn(item, shared) if key in wanted]
+    except Unavailable:
+        raise
+    except CbirError as exc:
+        return [(key, _RouteFailed(exc)) for key in wanted]
+
+
+def _reduce(key: int, pairs: Iterable[tuple[int, Any]], reduce_fn: Callable[[int, Any, S], R],
+            shared: S, done: Accumulator[int]) -> _Outcome[R]:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    attempt = ctx.attemptNumber() if ctx is not None else 0
+
+    def payloads() -> Iterable[Any]:
+        for _, payload in pairs:
+            if isinstance(payload, _RouteFailed):
+                raise payload.error  # before the reducer can commit anything partial
+            yield payload
+
+    try:
+        result = reduce_fn(key, payloads(), shared)
+    except Unavailable:
+        raise
+    except CbirError as exc:
+        return _Outcome(None, attempt, exc)
+    done.add(1)
+    return _Outcome(result, attempt)
+
+
+def run_partitioned(
+    inputs: Sequence[T], route_fn: Callable[[T, S], Iterable[tuple[int, Any]]],
+    reduce_fn: Callable[[int, Any, S], R], num_keys: int, keys: Sequence[int],
+    options: EngineOptions, shared: S, progress: Progress,
+) -> list[Finished[R]]:
+    """A real shuffle: one map task per input routes payloads by key, ``partitionBy(num_keys)``
+    moves each key's payloads to its own reduce task (partition ``k`` holds key ``k``)."""
+    sc = session_for(options).sparkContext
+    sc.environment.update(executor_env(options))
+    log.info("spark %s: %d inputs -> %d keys on %d cores", sc.master, len(inputs), len(keys),
+             sc.defaultParallelism)
+    broadcast = sc.broadcast(shared)
+    done = sc.accumulator(0)
+    wanted = frozenset(keys)
+    group = f"{options.app_name}-{uuid.uuid4().hex[:8]}"
+    sc.setJobGroup(group, f"{options.app_name}: {len(inputs)} inputs -> {len(keys)} keys")
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(done, progress, stop), daemon=True)
+    watcher.start()
+    try:
+        rdd = (sc.parallelize(list(inputs), max(1, len(inputs)))
+               .flatMap(lambda item: _route(item, route_fn, broadcast.value, wanted))
+               .partitionBy(num_keys, lambda key: key)
+               .mapPartitionsWithIndex(
+                   lambda key, pairs: [(key, _reduce(key, pairs, reduce_fn, broadcast.value,
+                                                     done))] if key in wanted else []))
+        by_key: dict[int, _Outcome[R]] = dict(_collect(sc, rdd, group))  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        watcher.join()
+        broadcast.unpersist()
+    progress(done.value)
+    outcomes = [by_key[k] for k in keys]
     failed = next((o.error for o in outcomes if o.error is not None), None)
     if failed is not None:
         raise failed

@@ -1,37 +1,42 @@
 """The index build: train once on a sample, then one index per shard from the trained one.
 
 ``build_index`` (driver) checks what it can up front, reads the embeddings manifest, picks the
-factory, trains the empty index and serialises it, then has ``jobs.engines`` run
-``build_shard`` once per shard - sequentially or as Spark tasks (same function, same inputs: a
-small ``ShardTask`` descriptor plus the trained index bytes, shared once per executor).
-Each task writes ``shard=NNN/{index.faiss, ids.parquet, metadata.parquet, manifest.json}``
-(manifest last); the driver writes the top-level ``manifest.json`` after every shard committed.
+factory, trains the empty index on a bounded sample and serialises it, then has
+``jobs.engines.run_partitioned`` read every embeddings part ONCE and route its rows to their shard
+(``partition.route_part``: a Spark shuffle, or the sequential engine's per-shard spill files);
+``reduce_shard`` builds each shard from only its rows (``shard.build_from_rows``: the same
+function on every engine, sharing the trained index bytes once per executor). A shard that
+misses the recall target fails the build (or, for an automatic choice, moves to the next
+candidate). Each shard writes
+``shard=NNN/{index.faiss, ids.parquet, metadata.parquet, manifest.json}`` (manifest last); the
+driver writes the top-level ``manifest.json`` after every shard committed.
 """
 
 from __future__ import annotations
 
-import io
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import faiss
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cbir import errors, index_layout, storage
 from cbir.options import nested, option
 from cbir.schema import (
-    INDEX_MANIFEST,
     EmbedManifest,
     IndexManifest,
     ShardManifest,
-    read_manifest,
     write_manifest,
 )
 from jobs import engines
-from jobs.build_index import embeddings_run, metadata, select, train_device, tune
+from jobs.build_index import embeddings_run, metadata, partition, select, train_device
 from jobs.build_index import manifest as manifests
+from jobs.build_index.shard import (
+    RecallNotReached,
+    ShardTask,
+    build_from_rows,
+    committed_shard,
+)
 from jobs.engines import EngineOptions
 from jobs.progress import Progress
 
@@ -75,26 +80,6 @@ class BuildConfig:
         return int(self.memory_budget_gb * select.GIB)
 
 
-@dataclass(frozen=True)
-class ShardTask:
-    """What one shard build needs; small enough to ship to a Spark executor."""
-
-    shard: int
-    num_shards: int
-    embeddings: str
-    output: str
-    dim: int
-    factory: str  # the Faiss factory string
-    index_version: str
-    model: str
-    model_version: str
-    target_recall: float
-    tune_queries: int
-    seed: int
-    faiss_threads: int
-    attribute_names: tuple[str, ...] = ()  # of the whole run: the same columns on every shard
-
-
 def _empty_index(dim: int, factory: str) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -102,12 +87,12 @@ def _empty_index(dim: int, factory: str) -> faiss.Index:
         raise errors.InvalidArgument(f"bad index factory {factory!r}: {exc}") from exc
 
 
-def train(dataset: embeddings_run.ds.Dataset, dim: int, factory: str, count: int,
+def train(dataset: embeddings_run.ds.Dataset, dim: int, factory: str,
           config: BuildConfig) -> bytes:
     """The trained, empty index, serialised (the same bytes seed every shard)."""
     index = _empty_index(dim, factory)
     if not index.is_trained:
-        sample = embeddings_run.read_sample(dataset, dim, config.train_size / max(count, 1))
+        sample = embeddings_run.read_sample(dataset, dim, config.train_size, config.seed)
         log.info("training %s on %d sampled vectors", factory, len(sample))
         try:
             train_device.train(index, sample, train_device.resolve(config.train_device))
@@ -118,72 +103,49 @@ def train(dataset: embeddings_run.ds.Dataset, dim: int, factory: str, count: int
     return bytes(faiss.serialize_index(index))
 
 
-def _shard_manifest(task: ShardTask, rows: embeddings_run.Rows, data: bytes,
-                    tuned: tune.TuneResult) -> ShardManifest:
-    return ShardManifest(
-        shard=task.shard, num_shards=task.num_shards, count=len(rows), dim=task.dim,
-        metric="ip", factory=task.factory, search_params=tuned.search_params,
-        model=task.model, model_version=task.model_version, index_version=task.index_version,
-        checksum=index_layout.sha256_hex(data), recall_at_10=tuned.recall_at_10,
-    )
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard's reduce task shares (a broadcast on Spark): its task template and
+    the trained, empty index."""
+
+    base: ShardTask
+    trained: bytes
 
 
-def _ids_parquet(rows: embeddings_run.Rows) -> bytes:
-    table = pa.table({"image_id": pa.array(rows.ids, pa.int64()), "key": rows.keys},
-                     schema=index_layout.IDS_SCHEMA)
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-def committed_shard(output: str, shard: int, version: str) -> ShardManifest | None:
-    """The shard's manifest if ``version`` of it is committed (a re-run does not rebuild it)."""
-    uri = index_layout.shard_file(output, shard, INDEX_MANIFEST)
-    if not storage.exists(uri):
-        return None
-    done = read_manifest(uri, ShardManifest)
-    return done if done.index_version == version else None
-
-
-def _tune(task: ShardTask, index: faiss.Index, rows: embeddings_run.Rows) -> tune.TuneResult:
-    if select.is_exact(task.factory):
-        return tune.TuneResult({}, 1.0, True)  # brute force: exact by construction
-    rng = np.random.default_rng(task.seed + task.shard)
-    query_rows = rng.choice(len(rows), size=min(task.tune_queries, len(rows)), replace=False)
-    return tune.tune(index, rows.vectors, rows.ids, query_rows, task.target_recall)
+def reduce_shard(shard: int, payloads: Iterable[partition.Payload], job: ShardJob) -> ShardManifest:
+    """The reduce side of the partition step: one shard from the rows routed to it."""
+    return build_from_rows(replace(job.base, shard=shard), job.trained, payloads)
 
 
 def build_shard(task: ShardTask, trained: bytes) -> ShardManifest:
-    """The work function every engine runs: one shard's index, committed by its manifest."""
-    if task.faiss_threads > 0:
-        faiss.omp_set_num_threads(task.faiss_threads)
-    if (done := committed_shard(task.output, task.shard, task.index_version)) is not None:
-        log.info("shard %d already built (%s), skipping", task.shard, task.index_version)
-        return done
+    """One shard on its own (a task of ``engines.run``): route every part in this process,
+    keeping only this shard's rows. A whole build partitions instead (``build_index``)."""
     dataset = embeddings_run.open_dataset(task.embeddings, task.dim)
-    rows = embeddings_run.read_shard(dataset, task.dim, task.shard, task.num_shards)
-    embeddings_run.check_vectors(rows, f"shard {task.shard}")
-    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
-    if len(rows):
-        index.add_with_ids(rows.vectors, rows.ids)
-    tuned = _tune(task, index, rows)
-    data = bytes(faiss.serialize_index(index))
-    shard_root = index_layout.shard_uri(task.output, task.shard)
-    storage.write_bytes(storage.join(shard_root, index_layout.INDEX_FILE), data)
-    storage.write_bytes(storage.join(shard_root, index_layout.IDS_FILE), _ids_parquet(rows))
-    # Filterable metadata beside the ids (docs/filters.md); before the manifest, the commit.
-    storage.write_bytes(storage.join(shard_root, index_layout.METADATA_FILE),
-                        metadata.metadata_parquet(
-                            metadata.read_metadata(dataset, rows.ids, task.attribute_names)))
-    shard_manifest = _shard_manifest(task, rows, data, tuned)
-    write_manifest(storage.join(shard_root, INDEX_MANIFEST), shard_manifest)  # the commit
-    log.info("shard %d: %d vectors, %s, recall@10=%s", task.shard, len(rows),
-             tuned.search_params, tuned.recall_at_10)
-    return shard_manifest
+    parts = partition.part_tasks(dataset, task.embeddings, task.num_shards)
+    rows = (payload for part in parts for shard, payload in partition.route_part(part)
+            if shard == task.shard)
+    return build_from_rows(task, trained, rows)
 
 
-def plan(config: BuildConfig) -> tuple[list[ShardTask], bytes, EmbedManifest]:
-    """Driver side: manifest, factory choice, version, training; the per-shard tasks."""
+@dataclass(frozen=True)
+class Plan:
+    tasks: list[ShardTask]  # the shards this process builds
+    trained: bytes
+    embed: EmbedManifest
+    parts: list[partition.PartTask]
+    candidates: tuple[str, ...]  # the automatic choice's fallbacks, best first; () if given
+
+
+def _factories(config: BuildConfig, count: int, dim: int) -> list[str]:
+    if config.factory:
+        return [config.factory]
+    return [c.factory for c in select.candidates(count, dim, config.num_shards,
+                                                 config.memory_budget_bytes)]
+
+
+def plan(config: BuildConfig, skip: int = 0) -> Plan:
+    """Driver side: manifest, factory choice (the ``skip``-th automatic candidate), version,
+    training; the per-shard tasks and the parts to route."""
     embed = embeddings_run.read_embed_manifest(config.embeddings)
     if embed.num_images == 0:
         raise errors.FailedPrecondition(
@@ -191,36 +153,37 @@ def plan(config: BuildConfig) -> tuple[list[ShardTask], bytes, EmbedManifest]:
             "backfill read the right bucket and prefix?)")
     dataset = embeddings_run.open_dataset(config.embeddings, embed.dim)
     count = dataset.count_rows()
-    user_factory = config.factory or select.choose_index(
-        count, embed.dim, config.num_shards, config.memory_budget_bytes).factory
-    factory = select.faiss_factory(user_factory)
+    factories = _factories(config, count, embed.dim)[skip:]
+    factory = select.faiss_factory(factories[0])
     settings = {"train_size": config.train_size, "seed": config.seed,
                 "target_recall": config.target_recall, "tune_queries": config.tune_queries}
     version = manifests.index_version(embed, factory, config.num_shards, settings)
     log.info("index %s: %d rows, dim %d, %s over %d shards", version, count, embed.dim,
              factory, config.num_shards)
-    trained = load_or_train(config, version, dataset, embed.dim, factory, count)
+    trained = load_or_train(config, version, dataset, embed.dim, factory)
     base = ShardTask(0, config.num_shards, config.embeddings, config.output, embed.dim, factory,
                      version, embed.model, embed.model_version, config.target_recall,
                      config.tune_queries, config.seed, config.faiss_threads,
                      metadata.attribute_names(dataset))
     shards = range(config.num_shards) if config.shard_only is None else [config.shard_only]
-    return [replace(base, shard=s) for s in shards], trained, embed
+    parts = partition.part_tasks(dataset, config.embeddings, config.num_shards)
+    return Plan([replace(base, shard=s) for s in shards], trained, embed, parts,
+                tuple(factories[1:]) if config.factory is None else ())
 
 
 def trained_uri(output: str, version: str) -> str:
     return storage.join(output, "_trained", f"{version}.faiss")
 
 
-def load_or_train(config: BuildConfig, version: str, dataset: embeddings_run.ds.Dataset, dim: int,
-                  factory: str, count: int) -> bytes:
+def load_or_train(config: BuildConfig, version: str, dataset: embeddings_run.ds.Dataset,
+                  dim: int, factory: str) -> bytes:
     """The trained empty index is stored beside the shards, so separate processes (one pod per
     shard) share one quantizer and a re-run does not train again."""
     uri = trained_uri(config.output, version)
     if storage.exists(uri):
         log.info("reusing trained index %s", uri)
         return storage.read_bytes(uri)
-    trained = train(dataset, dim, factory, count, config)
+    trained = train(dataset, dim, factory, config)
     storage.write_bytes(uri, trained)
     return trained
 
@@ -250,6 +213,37 @@ def check(config: BuildConfig) -> None:
     storage.check_writable(config.output)
 
 
+def _build_shards(config: BuildConfig, planned: Plan,
+                  show_progress: bool) -> dict[int, ShardManifest]:
+    """One pass over the parts routes every row to its shard's task (engines.run_partitioned);
+    shards already committed at this version are not routed to again."""
+    version = planned.tasks[0].index_version
+    todo = [t.shard for t in planned.tasks
+            if committed_shard(config.output, t.shard, version) is None]
+    job = ShardJob(replace(planned.tasks[0], shard=0), planned.trained)
+    with Progress(len(todo), "shard", "build-index", enabled=show_progress) as progress:
+        finished = engines.run_partitioned(
+            planned.parts, partition.route_part, reduce_shard, config.num_shards,
+            config.engine, shared=job, keys=todo, progress=progress)  # typed errors re-raised
+    return {f.result.shard: f.result for f in finished}
+
+
+def _build_meeting_recall(config: BuildConfig,
+                          show_progress: bool) -> tuple[Plan, dict[int, ShardManifest]]:
+    """Build; when the factory was chosen automatically and a shard misses the recall target,
+    move to the next candidate that fits the memory budget instead of shipping the miss."""
+    skip = 0
+    while True:
+        planned = plan(config, skip)
+        try:
+            return planned, _build_shards(config, planned, show_progress)
+        except RecallNotReached as exc:
+            if not planned.candidates:
+                raise
+            log.warning("%s; trying %s", exc, planned.candidates[0])
+            skip += 1
+
+
 def build_index(config: BuildConfig, show_progress: bool = True) -> IndexManifest | None:
     """Build the shards; write the top-level manifest (last) once every shard is committed.
 
@@ -257,17 +251,13 @@ def build_index(config: BuildConfig, show_progress: bool = True) -> IndexManifes
     that finds every shard done (idempotent: any of them may write the same bytes); None is
     returned while other shards are still missing."""
     check(config)
-    tasks, trained, embed = plan(config)
-    with Progress(len(tasks), "shard", "build-index", enabled=show_progress) as progress:
-        finished = engines.run(tasks, build_shard, config.engine, shared=trained,
-                               progress=progress)  # task errors are re-raised here, typed
-    built = {f.result.shard: f.result for f in finished}
-    shard_manifests = committed_shards(config.output, config.num_shards, tasks[0].index_version,
-                                       built)
+    planned, built = _build_meeting_recall(config, show_progress)
+    version = planned.tasks[0].index_version
+    shard_manifests = committed_shards(config.output, config.num_shards, version, built)
     if len(shard_manifests) < config.num_shards:
         log.info("%d/%d shards committed; the last one writes the index manifest",
                  len(shard_manifests), config.num_shards)
         return None
-    top = manifests.index_manifest(shard_manifests, config.embeddings, embed)
+    top = manifests.index_manifest(shard_manifests, config.embeddings, planned.embed)
     write_manifest(index_layout.index_manifest_uri(config.output), top)  # written last
     return top

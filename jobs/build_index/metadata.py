@@ -77,6 +77,11 @@ def read_metadata(dataset: ds.Dataset, ids: np.ndarray,
     return _expand(table.take(pa.array(order[first])).combine_chunks(), attributes)
 
 
+def from_rows(table: pa.Table, attributes: tuple[str, ...] = ()) -> pa.Table:
+    """A shard's metadata from its own routed (de-duplicated) rows, in id order."""
+    return _expand(table.sort_by("image_id").combine_chunks(), attributes)
+
+
 def metadata_parquet(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")

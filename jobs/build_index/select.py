@@ -79,23 +79,31 @@ def _estimates(n: int, dim: int) -> list[tuple[str, int]]:
     return out
 
 
-def choose_index(count: int, dim: int, num_shards: int, memory_budget_bytes: int) -> IndexChoice:
-    """The factory for ``count`` vectors of ``dim`` split over ``num_shards`` shards."""
+def candidates(count: int, dim: int, num_shards: int,
+               memory_budget_bytes: int) -> list[IndexChoice]:
+    """Every factory that fits the budget, in preference order (the first is the choice; the
+    rest are what a build falls back to when a shard misses the recall target)."""
     if dim <= 0 or num_shards <= 0 or count < 0:
         raise InvalidArgument(f"bad sizes: count={count} dim={dim} shards={num_shards}")
     n = per_shard_count(count, num_shards)
     flat = n * (ID_BYTES + KEY_BYTES + 4 * dim)
     if n <= FLAT_MAX_PER_SHARD and flat <= memory_budget_bytes:
-        return IndexChoice("Flat", flat, f"{n} vectors/shard <= {FLAT_MAX_PER_SHARD}: exact")
-    for factory, size in _estimates(n, dim):
-        if size <= memory_budget_bytes:
-            budget = memory_budget_bytes / GIB
-            reason = f"{n} vectors/shard; ~{size / GIB:.2f} GiB fits {budget:.2f} GiB"
-            return IndexChoice(factory, size, reason)
-    raise ResourceExhausted(
-        f"{n} vectors of dim {dim} per shard do not fit {memory_budget_bytes / GIB:.2f} GiB even "
-        f"with PQ: use more shards or a larger --memory-budget-gb"
-    )
+        return [IndexChoice("Flat", flat, f"{n} vectors/shard <= {FLAT_MAX_PER_SHARD}: exact")]
+    budget = memory_budget_bytes / GIB
+    fits = [IndexChoice(factory, size, f"{n} vectors/shard; ~{size / GIB:.2f} GiB fits "
+                                       f"{budget:.2f} GiB")
+            for factory, size in _estimates(n, dim) if size <= memory_budget_bytes]
+    if not fits:
+        raise ResourceExhausted(
+            f"{n} vectors of dim {dim} per shard do not fit {budget:.2f} GiB even "
+            f"with PQ: use more shards or a larger --memory-budget-gb"
+        )
+    return fits
+
+
+def choose_index(count: int, dim: int, num_shards: int, memory_budget_bytes: int) -> IndexChoice:
+    """The factory for ``count`` vectors of ``dim`` split over ``num_shards`` shards."""
+    return candidates(count, dim, num_shards, memory_budget_bytes)[0]
 
 
 def faiss_factory(factory: str) -> str:

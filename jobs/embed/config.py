@@ -36,6 +36,8 @@ class BackfillConfig:
     # sidecar table of typed attributes joined by key.
     with_tags: bool = False
     attributes: str | None = None
+    # An S3 Inventory manifest.json (s3:// URI) to plan from instead of listing the input.
+    inventory: str | None = None
 
     def __post_init__(self) -> None:
         # A batch of <= 0 images embeds nothing yet commits an empty part that re-runs skip:

@@ -74,12 +74,12 @@ def inventory_objects(
         )
     prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
     for entry in manifest.files:
-        for key, size in _rows(manifest, _fetch(manifest, entry)):
+        for key, size, etag in _rows(manifest, _fetch(manifest, entry)):
             if not key.startswith(prefix) or key.endswith("/"):
                 continue
             if exclude_prefix and key.startswith(exclude_prefix):
                 continue
-            yield ObjectRef(key, size)
+            yield ObjectRef(key, size, etag)
 
 
 def _fetch(manifest: InventoryManifest, entry: InventoryFile) -> bytes:
@@ -90,7 +90,7 @@ def _fetch(manifest: InventoryManifest, entry: InventoryFile) -> bytes:
     return data
 
 
-def _rows(manifest: InventoryManifest, data: bytes) -> Iterator[tuple[str, int]]:
+def _rows(manifest: InventoryManifest, data: bytes) -> Iterator[tuple[str, int, str]]:
     fmt = manifest.file_format.upper()
     if fmt == "CSV":
         yield from _csv_rows(manifest.columns, data)
@@ -100,7 +100,7 @@ def _rows(manifest: InventoryManifest, data: bytes) -> Iterator[tuple[str, int]]
         raise InvalidArgument(f"inventory format {manifest.file_format!r}: use CSV or Parquet")
 
 
-def _csv_rows(columns: list[str], data: bytes) -> Iterator[tuple[str, int]]:
+def _csv_rows(columns: list[str], data: bytes) -> Iterator[tuple[str, int, str]]:
     where = {name: i for i, name in enumerate(columns)}
     if "Key" not in where or "Size" not in where:
         raise InvalidArgument("the inventory's fileSchema needs the Key and Size fields")
@@ -108,7 +108,8 @@ def _csv_rows(columns: list[str], data: bytes) -> Iterator[tuple[str, int]]:
     for row in csv.reader(text):
         if _is_old_version(row, where):
             continue
-        yield unquote_plus(row[where["Key"]]), int(row[where["Size"]] or 0)
+        etag = row[where["ETag"]] if "ETag" in where else ""  # as listing gives it, no quotes
+        yield unquote_plus(row[where["Key"]]), int(row[where["Size"]] or 0), etag
 
 
 def _is_old_version(row: list[str], where: dict[str, int]) -> bool:
@@ -120,16 +121,17 @@ def _is_old_version(row: list[str], where: dict[str, int]) -> bool:
     )
 
 
-def _parquet_rows(data: bytes) -> Iterator[tuple[str, int]]:
+def _parquet_rows(data: bytes) -> Iterator[tuple[str, int, str]]:
     table = pq.read_table(io.BytesIO(data))
     names = set(table.column_names)
     if not {"key", "size"} <= names:
         raise InvalidArgument("the inventory's Parquet files need key and size columns")
     latest = table.column("is_latest").to_pylist() if "is_latest" in names else None
     marker = table.column("is_delete_marker").to_pylist() if "is_delete_marker" in names else None
+    etags = table.column("e_tag").to_pylist() if "e_tag" in names else [""] * table.num_rows
     for i, (key, size) in enumerate(
         zip(table.column("key").to_pylist(), table.column("size").to_pylist(), strict=True)
     ):
         if (latest is not None and latest[i] is False) or (marker is not None and marker[i]):
             continue
-        yield str(key), int(size or 0)
+        yield str(key), int(size or 0), str(etags[i] or "")

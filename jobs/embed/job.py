@@ -76,6 +76,9 @@ class JobOptions:
     attributes: str | None = option(None, metavar="URI",
                                     help="sidecar table (Parquet or CSV, local or s3://) with a "
                                     "'key' column: its typed columns become filterable metadata")
+    inventory: str | None = option(
+        None, help="plan from this S3 Inventory report (the s3://.../manifest.json of a CSV or "
+        "Parquet inventory of the input bucket) instead of listing the bucket")
     engine: EngineOptions = nested(_default_engine)
 
     def __post_init__(self) -> None:
@@ -99,12 +102,13 @@ def build_config(opts: JobOptions) -> BackfillConfig:
         batch_size=opts.batch_size,
         num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
         io_threads=opts.io_threads, with_tags=opts.with_tags, attributes=opts.attributes,
+        inventory=opts.inventory,
     )
 
 
 def _list(config: BackfillConfig, allow_empty: bool) -> list[ObjectRef]:
     exclude = plan.output_prefix_in(config.input, config.output)
-    objects = list(plan.list_objects(config.input, exclude))
+    objects = list(plan.source_objects(config.input, exclude, config.inventory))
     if not objects and not allow_empty:
         raise NotFound(f"no objects under {config.input}: check the bucket and prefix "
                        "(pass --allow-empty to accept an empty input)")

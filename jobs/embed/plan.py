@@ -1,5 +1,6 @@
-"""Driver-side planning: list the bucket, leave out what the output already holds, and split
-the rest into small deterministic tasks whose part names are derived from their content.
+"""Driver-side planning: list the bucket (or read its S3 Inventory report), leave out what the
+output already holds, and split the rest into small deterministic tasks whose part names are
+derived from their content.
 
 Resume and incremental runs fall out of that: a key already in a committed part (or recorded
 as an error) is never planned again, so re-runs add nothing and a bucket that grew yields tasks
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 from cbir import schema, storage
 from cbir.errors import FailedPrecondition, InvalidArgument, ModelMismatch
 from jobs.embed.config import DEFAULT_OBJECTS_PER_TASK, BackfillConfig, EmbedTask, ObjectRef
+from jobs.embed.inventory import inventory_objects
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,16 @@ def list_objects(input_uri: str, exclude_prefix: str | None = None) -> Iterator[
         if obj.key.endswith("/") or (exclude_prefix and obj.key.startswith(exclude_prefix)):
             continue
         yield ObjectRef(obj.key, obj.size, obj.etag)
+
+
+def source_objects(input_uri: str, exclude_prefix: str | None,
+                   inventory: str | None) -> Iterator[ObjectRef]:
+    """The input's objects: from an S3 Inventory report when one is given (no LIST calls: a
+    billion-object bucket is a million of them), else by listing the prefix. Either way the
+    done keys are then left out, so an incremental run reads the report, not the bucket."""
+    if inventory:
+        return inventory_objects(inventory, input_uri, exclude_prefix)
+    return list_objects(input_uri, exclude_prefix)
 
 
 def objects_per_task(todo: int, parallelism: int, cap: int = DEFAULT_OBJECTS_PER_TASK) -> int:

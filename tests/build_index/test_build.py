@@ -17,7 +17,15 @@ from cbir.errors import FailedPrecondition, IdCollision, NotFound
 from cbir.ids import image_id, shards_of
 from cbir.schema import IndexManifest, ShardManifest, read_manifest
 from jobs import engines
-from jobs.build_index.build import BuildConfig, build_index, build_shard, plan
+from jobs.build_index.build import (
+    BuildConfig,
+    ShardJob,
+    build_index,
+    build_shard,
+    plan,
+    reduce_shard,
+)
+from jobs.build_index.partition import route_part
 from jobs.engines import ENGINES, EngineOptions
 from shard_server.index_store import Expectations, load_shard
 from shard_server.searcher import run_search
@@ -143,16 +151,22 @@ def test_every_engine_builds_what_sequential_builds(
 ) -> None:
     emb = str(tmp_path / "emb")
     fx.write_run(emb, fx.table(fx.keys_for(3000), fx.glove(3000)), parts=4)
-    tasks, trained, _ = plan(_config(emb, str(tmp_path / "plan"), 3, "IVF32,Flat",
-                                     tune_queries=100))
+    planned = plan(_config(emb, str(tmp_path / "plan"), 3, "IVF32,Flat", tune_queries=100))
 
     def build(out: str, options: EngineOptions) -> list[ShardManifest]:
-        moved = [dataclasses.replace(t, output=out) for t in tasks]
-        return [f.result for f in engines.run(moved, build_shard, options, shared=trained)]
+        job = ShardJob(dataclasses.replace(planned.tasks[0], output=out), planned.trained)
+        return [f.result for f in engines.run_partitioned(
+            planned.parts, route_part, reduce_shard, 3, options, shared=job)]
+
+    def one_by_one(out: str) -> list[ShardManifest]:  # each shard on its own: build_shard
+        moved = [dataclasses.replace(t, output=out) for t in planned.tasks]
+        return [f.result for f in engines.run(moved, build_shard, EngineOptions(),
+                                              shared=planned.trained)]
 
     seq = build(str(tmp_path / "a"), EngineOptions("sequential"))
     par = build(str(tmp_path / "b"), _engine(engine, request))
-    assert [m.checksum for m in seq] == [m.checksum for m in par]
+    alone = one_by_one(str(tmp_path / "c"))
+    assert [m.checksum for m in seq] == [m.checksum for m in par] == [m.checksum for m in alone]
     for s in range(3):
         a, b = _shard_files(str(tmp_path / "a"), s), _shard_files(str(tmp_path / "b"), s)
         assert a[0] == b[0] and a[1:] == b[1:]
@@ -170,9 +184,11 @@ def test_a_typed_task_error_reaches_the_driver_typed(
     vectors = fx.random_vectors(40, 8)
     vectors[3] *= 2.0  # not L2-normalised: refused by the shard's task, not the planner
     fx.write_run(emb, fx.table(keys, vectors))
-    tasks, trained, _ = plan(_config(emb, str(tmp_path / "ix"), 2, "Flat"))
+    planned = plan(_config(emb, str(tmp_path / "ix"), 2, "Flat"))
+    job = ShardJob(planned.tasks[0], planned.trained)
     with pytest.raises(FailedPrecondition, match="not L2-normalised"):
-        engines.run(tasks, build_shard, _engine(engine, request), shared=trained)
+        engines.run_partitioned(planned.parts, route_part, reduce_shard, 2,
+                                _engine(engine, request), shared=job)
 
 
 @pytest.mark.slow
