@@ -73,8 +73,9 @@ class LoadedIndex:
         data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
         object.__setattr__(self, "_key_offsets", offsets.astype(np.int64))
         object.__setattr__(self, "_key_data", data)
-        object.__setattr__(self, "live", LiveBox(
-            LiveView.of_base(self.ids, self.manifest.dim, self.manifest.wal_seq)))
+        # (getattr: unit tests build key-table-only instances without a manifest)
+        dim, wal_seq = getattr(self.manifest, "dim", 1), getattr(self.manifest, "wal_seq", 0)
+        object.__setattr__(self, "live", LiveBox(LiveView.of_base(self.ids, dim, wal_seq)))
 
     @property
     def version(self) -> str:
