@@ -34,6 +34,7 @@ from coordinator.topology import (
     TopologySource,
     dnspython_resolver,
 )
+from coordinator.write_service import WriteService
 from protos import cbir_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ class CoordinatorServer:
         self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
         self.service = QueryService(config.limits, self.state, self.search,
                                     config.deadline_margin_s)
-        servicer = CoordinatorServicer(self.service, self.metrics)
+        self.writes = WriteService(config.wal, config.num_shards, self.state, self.fanout,
+                                   config.limits, config.wal_push_timeout_s) \
+            if config.wal else None
+        servicer = CoordinatorServicer(self.service, self.metrics, self.writes)
         cbir_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.serving.server)
         self.topology: Topology = {}
         self.ready = asyncio.Event()

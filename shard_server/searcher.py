@@ -9,6 +9,7 @@ vectors gets inner products, which is what it asked for. Non-finite values are r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from cbir.faiss_params import EF_SEARCH
 from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.options import nested, option
-from shard_server.batcher import BatchConfig, SearchBatcher
 from cbir.wal import ShardLog
+from shard_server.batcher import BatchConfig, SearchBatcher
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
 from shard_server.live import delta_keys, live_search, split_live_ids
 from shard_server.log_follower import LogFollower
@@ -169,10 +170,8 @@ class ShardSearcher:
                     await follower.catch_up()
                 except Exception as exc:  # keep following: the store may be briefly away
                     log.warning("reading the write-ahead log failed: %s", exc)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.config.wal_interval_s)
-            except TimeoutError:
-                pass
 
     def defaults(self, loaded: LoadedIndex) -> dict[str, int]:
         return {**loaded.manifest.search_params, **self.config.default_params}

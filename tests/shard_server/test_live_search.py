@@ -55,7 +55,7 @@ def test_live_search_is_exact_over_the_live_set(factory: str, params: dict[str, 
         else:
             live[op.image_id] = op.vector
     queries = _unit(rng, 8)
-    scores, ids = live_search(index, view, queries, 10, params)
+    _scores, ids = live_search(index, view, queries, 10, params)
     all_ids = np.array(sorted(live), np.int64)
     sims = queries @ np.stack([live[i] for i in all_ids]).T
     expected = np.array([all_ids[np.lexsort((all_ids, -row.astype(np.float64)))[:10]]
