@@ -29,7 +29,7 @@ from cbir.faiss_params import search_parameters
 from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
 from cbir.wal import LogEntry, Upsert
 from demo.processes import cbir_command, free_port
-from shard_server.live import live_search
+from shard_server.live import limit_numpy_blas_threads, live_search
 from shard_server.segments import LiveView
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def _delta_qps(index_root: str, plan: dict[str, int], queries: np.ndarray) -> di
     manifest = read_manifest(f"{shard}/{INDEX_MANIFEST}", ShardManifest)
     index = faiss.read_index(f"{shard}/{index_layout.INDEX_FILE}")
     harness.set_faiss_threads(1)  # single queries: OpenMP threads only contend on 2 cores
+    limit_numpy_blas_threads()  # as a shard server with --wal does
     params = manifest.search_params
     base_ids = np.arange(manifest.count, dtype=np.int64)  # only their count matters here
     plain = harness.sequential(

@@ -24,7 +24,12 @@ from cbir.options import nested, option
 from cbir.wal import ShardLog
 from shard_server.batcher import BatchConfig, SearchBatcher
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
-from shard_server.live import delta_keys, live_search, split_live_ids
+from shard_server.live import (
+    delta_keys,
+    limit_numpy_blas_threads,
+    live_search,
+    split_live_ids,
+)
 from shard_server.log_follower import LogFollower
 
 log = logging.getLogger(__name__)
@@ -143,6 +148,8 @@ class ShardSearcher:
         self._batcher = SearchBatcher(run_search, self._executor, config.batch)
         self._load_lock = asyncio.Lock()
         self.log = ShardLog(config.wal, config.shard) if config.wal else None
+        if self.log is not None:
+            limit_numpy_blas_threads()
 
     def follower(self, loaded: LoadedIndex) -> LogFollower | None:
         """The log follower of ``loaded``'s live view (None without a log)."""
