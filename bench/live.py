@@ -99,6 +99,8 @@ async def _writes(coordinator: str, replicas: list[str], plan: dict[str, int],
 
 
 def _delta_qps(index_root: str, plan: dict[str, int], queries: np.ndarray) -> dict[str, Any]:
+    """Every case answers each query in turn (round robin), so the load of a shared machine
+    drifts over all cases alike and the ratios stay meaningful."""
     shard = index_layout.shard_uri(index_root, 0)
     manifest = read_manifest(f"{shard}/{INDEX_MANIFEST}", ShardManifest)
     index = faiss.read_index(f"{shard}/{index_layout.INDEX_FILE}")
@@ -106,27 +108,35 @@ def _delta_qps(index_root: str, plan: dict[str, int], queries: np.ndarray) -> di
     limit_numpy_blas_threads()  # as a shard server with --wal does
     params = manifest.search_params
     base_ids = np.arange(manifest.count, dtype=np.int64)  # only their count matters here
-    plain = harness.sequential(
-        lambda q: index.search(q.reshape(1, -1), harness.K,
-                               params=search_parameters(index, params))[1][0], queries)
-    out: dict[str, Any] = {"none": {"qps": plain["qps"], "p50_ms": plain["p50_ms"]}}
+    cases: dict[str, Any] = {"none": lambda q: index.search(
+        q, harness.K, params=search_parameters(index, params))}
     for size in sorted({0, min(10_000, plan["deltas"]), plan["deltas"]}):
         view = LiveView.of_base(base_ids, manifest.dim)
         ops = tuple(Upsert(10**15 + i, f"s3://d/{i}", v)
                     for i, v in enumerate(_vectors(size, manifest.dim, 7)))
         if ops:
             view = view.apply(LogEntry(1, 0, ops, "bench", 0))
-        got = harness.sequential(_live_searcher(index, view, params), queries)
-        out[f"delta_{size}"] = {"qps": got["qps"], "p50_ms": got["p50_ms"],
-                                "qps_vs_none": harness.ratio(got["qps"], plain["qps"])}
+        cases[f"delta_{size}"] = _live_searcher(index, view, params)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for query in queries:
+        for name, search in cases.items():
+            t0 = time.perf_counter()
+            search(query.reshape(1, -1))
+            samples[name].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {}
+    for name, times in samples.items():
+        out[name] = {"qps": round(len(times) / sum(times), 1), **harness.percentiles_ms(times)}
+    for name in cases:
+        if name != "none":
+            out[name]["qps_vs_none"] = harness.ratio(out[name]["qps"], out["none"]["qps"])
     ten_k = out.get("delta_10000", {}).get("qps_vs_none")
     out["delta_10k_target"] = harness.target(ten_k, ">=", 0.8, "QPS with a 10k delta / none")
     return {"factory": manifest.factory, "base": manifest.count, **out}
 
 
 def _live_searcher(index: Any, view: LiveView, params: dict[str, int]) -> Any:
-    def search(query: np.ndarray) -> np.ndarray:
-        return live_search(index, view, query.reshape(1, -1), harness.K, params)[1][0]
+    def search(queries: np.ndarray) -> Any:
+        return live_search(index, view, queries, harness.K, params)
 
     return search
 
