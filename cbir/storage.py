@@ -241,6 +241,17 @@ def write_bytes(uri: str, data: bytes) -> None:
             s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
         return
     path = Path(uri)
+    tmp = _durable_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _durable_temp(path: Path, data: bytes) -> str:
+    """``data`` in a synced temp file beside ``path`` (same filesystem, so a rename or link
+    into place is atomic); the caller moves it or removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -248,10 +259,10 @@ def write_bytes(uri: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def check_writable(uri: str, what: str = "output") -> None:
@@ -315,13 +326,8 @@ def create_if_absent(uri: str, data: bytes) -> bool:
     if is_s3(uri):
         return _s3_create_if_absent(parse_s3(uri), data)
     path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _durable_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.link(tmp, path)
         return True
     except FileExistsError:

@@ -107,6 +107,9 @@ class RequestGuard(grpc.aio.ServerInterceptor):
     def __init__(self, byte_limits: Mapping[str, int], default_bytes: int) -> None:
         self.byte_limits = dict(byte_limits)
         self.default_bytes = default_bytes
+        # Wrapped once per method (the servicer's handler objects do not change): this runs
+        # on every call, so no closures or handler copies per request.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -114,11 +117,21 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        parse = getattr(handler, "request_deserializer", None)
-        inner = getattr(handler, "unary_unary", None)
-        if handler is None or parse is None or inner is None:
+        if handler is None:  # an unknown method: not cached (its name is the caller's choice)
             return handler
         method = str(handler_call_details.method)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        parse = getattr(handler, "request_deserializer", None)
+        inner = getattr(handler, "unary_unary", None)
+        if parse is None or inner is None:
+            return handler
         max_bytes = self.byte_limits.get(method, self.default_bytes)
         return handler._replace(
             request_deserializer=_deserializer(method, parse, max_bytes),

@@ -23,6 +23,7 @@ from demo.photos import Photo, encode_jpeg
 from demo.processes import free_port
 from jobs.build_index.build import BuildConfig, build_index
 from jobs.embed.job import JobOptions, build_config, run_backfill
+from jobs.engines import EngineOptions
 from shard_server.index_store import Expectations
 from shard_server.searcher import SearcherConfig
 from shard_server.server import ServerConfig, ThreadedServer
@@ -98,8 +99,8 @@ def build(bucket: str, count: int) -> str:
     """Backfill + index build, both into S3; the index version's root."""
     embeddings, index = f"s3://{bucket}/data/embeddings", f"s3://{bucket}/data/indexes/v1"
     config = build_config(JobOptions(input=f"s3://{bucket}/photos", output=embeddings,
-                                     num_shards=SHARDS, engine="sequential"))
-    manifest = run_backfill(config, engine="sequential", show_progress=False)
+                                     num_shards=SHARDS))
+    manifest = run_backfill(config, EngineOptions("sequential"), show_progress=False)
     assert manifest.num_images == count, manifest
     assert build_index(BuildConfig(embeddings, index, SHARDS, "Flat", tune_queries=5))
     return index
