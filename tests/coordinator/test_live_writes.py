@@ -5,21 +5,26 @@ index rolls that rebuild the live view from the new version's ``wal_seq``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from cbir.client import CoordinatorClient, UpsertSpec
 from cbir.errors import FailedPrecondition, InvalidArgument
 from cbir.ids import image_id, shard_of
+from cbir.rpc.auth import AuthConfig
+from cbir.rpc.security import ServerSecurity
 from coordinator.config import CoordinatorConfig
 from coordinator.server import CoordinatorServer
 from coordinator.topology import StaticTopology
-from shard_server.server import ShardServer
+from protos import cbir_pb2, cbir_pb2_grpc
+from shard_server.server import ShardServer, serve_in_thread
 from tests.coordinator.harness import LoopThread, wait_for
 from tests.shard_server.conftest import DIM, SHARDS, BuiltIndex, build, config
 
@@ -143,3 +148,26 @@ def test_an_index_roll_rebuilds_the_view_from_the_new_versions_wal_seq(
         assert second.seq == first.seq + 1
         wait_for(lambda: top_key(loop_thread, shards[0], unit(8)) == key)
         assert shards[0].searcher.store.current().live.get().applied_seq == second.seq
+
+
+def test_apply_log_needs_the_write_role_when_tokens_are_configured(
+        index: BuiltIndex, tmp_path: Path) -> None:
+    search_token, write_token = "search-token-0123456789ab", "write-token-0123456789abc"
+    cfg = config(index.root, wal=str(tmp_path / "wal"))
+    with serve_in_thread(cfg) as open_server, \
+            grpc.insecure_channel(f"127.0.0.1:{open_server.port}") as channel:
+        # Without tokens, ApplyLog is open like Search (it only makes the replica read the log).
+        reply = cbir_pb2_grpc.ShardStub(channel).ApplyLog(cbir_pb2.ApplyLogRequest(seq=0))
+        assert reply.applied_seq == 0
+    auth = AuthConfig.from_tokens([(search_token, ["search"]), (write_token, ["write"])])
+    guarded = dataclasses.replace(cfg, security=ServerSecurity(auth=auth))
+    with serve_in_thread(guarded) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = cbir_pb2_grpc.ShardStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ApplyLog(cbir_pb2.ApplyLogRequest(seq=1),
+                          metadata=[("authorization", f"Bearer {search_token}")])
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        reply = stub.ApplyLog(cbir_pb2.ApplyLogRequest(seq=1),
+                              metadata=[("authorization", f"Bearer {write_token}")])
+        assert reply.applied_seq == 0  # nothing in the log yet: catching up is a no-op
