@@ -83,6 +83,8 @@ class CoordinatorInfo:
     shard_counts: dict[int, int] = field(default_factory=dict)
     shard_index_versions: dict[int, str] = field(default_factory=dict)
     requests_served: int = 0
+    # What a filter may name: column -> Arrow type (docs/filters.md).
+    metadata_columns: dict[str, str] = field(default_factory=dict)
 
 
 def _image_bytes(image: bytes | str | Path) -> bytes:
@@ -102,11 +104,13 @@ def _vector(values: Sequence[float] | np.ndarray) -> cbir_pb2.FloatVector:
     return cbir_pb2.FloatVector(values=array.tolist())
 
 
-def _request(k: int, nprobe: int, ef_search: int, request_id: str,
+def _request(k: int, nprobe: int, ef_search: int, request_id: str, filter: str,
              **query: Any) -> cbir_pb2.SearchRequest:
+    """``filter``: a metadata filter such as ``"width >= 640 AND label IN ('cat')"``
+    (docs/filters.md); "" = none."""
     return cbir_pb2.SearchRequest(
         k=k, params=cbir_pb2.SearchParams(nprobe=nprobe, ef_search=ef_search),
-        request_id=request_id, **query,
+        request_id=request_id, filter=filter, **query,
     )
 
 
@@ -129,6 +133,7 @@ def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
         replicas=dict(reply.replicas), shard_counts=dict(reply.shard_counts),
         shard_index_versions=dict(reply.shard_index_versions),
         requests_served=reply.requests_served,
+        metadata_columns={c.name: c.type for c in reply.metadata_columns},
     )
 
 
@@ -211,21 +216,21 @@ class CoordinatorClient:
         self._stub = cbir_pb2_grpc.CoordinatorStub(self._channel)
 
     def search_image(self, image: bytes | str | Path, k: int = 10, *, nprobe: int = 0,
-                     ef_search: int = 0, request_id: str = "",
+                     ef_search: int = 0, request_id: str = "", filter: str = "",
                      timeout_s: float | None = None) -> SearchResult:
-        request = _request(k, nprobe, ef_search, request_id, image=_image_bytes(image))
+        request = _request(k, nprobe, ef_search, request_id, filter, image=_image_bytes(image))
         return self._search(request, timeout_s)
 
     def search_vector(self, vector: Sequence[float] | np.ndarray, k: int = 10, *,
                       nprobe: int = 0, ef_search: int = 0, request_id: str = "",
-                      timeout_s: float | None = None) -> SearchResult:
-        request = _request(k, nprobe, ef_search, request_id, vector=_vector(vector))
+                      filter: str = "", timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, filter, vector=_vector(vector))
         return self._search(request, timeout_s)
 
     def search_id(self, image_id: int, k: int = 10, *, exclude_query_image: bool = False,
                   nprobe: int = 0, ef_search: int = 0, request_id: str = "",
-                  timeout_s: float | None = None) -> SearchResult:
-        request = _request(k, nprobe, ef_search, request_id, image_id=image_id,
+                  filter: str = "", timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, filter, image_id=image_id,
                            exclude_query_image=exclude_query_image)
         return self._search(request, timeout_s)
 
@@ -283,20 +288,20 @@ class AsyncCoordinatorClient:
 
     async def search_image(self, image: bytes | str | Path, k: int = 10, *, nprobe: int = 0,
                            ef_search: int = 0, request_id: str = "",
-                           timeout_s: float | None = None) -> SearchResult:
-        request = _request(k, nprobe, ef_search, request_id, image=_image_bytes(image))
+                           filter: str = "", timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, filter, image=_image_bytes(image))
         return await self._search(request, timeout_s)
 
     async def search_vector(self, vector: Sequence[float] | np.ndarray, k: int = 10, *,
                             nprobe: int = 0, ef_search: int = 0, request_id: str = "",
-                            timeout_s: float | None = None) -> SearchResult:
-        request = _request(k, nprobe, ef_search, request_id, vector=_vector(vector))
+                            filter: str = "", timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, filter, vector=_vector(vector))
         return await self._search(request, timeout_s)
 
     async def search_id(self, image_id: int, k: int = 10, *, exclude_query_image: bool = False,
                         nprobe: int = 0, ef_search: int = 0, request_id: str = "",
-                        timeout_s: float | None = None) -> SearchResult:
-        request = _request(k, nprobe, ef_search, request_id, image_id=image_id,
+                        filter: str = "", timeout_s: float | None = None) -> SearchResult:
+        request = _request(k, nprobe, ef_search, request_id, filter, image_id=image_id,
                            exclude_query_image=exclude_query_image)
         return await self._search(request, timeout_s)
 

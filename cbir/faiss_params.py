@@ -43,28 +43,30 @@ def nlist(index: Any) -> int:
     return int(inner.nlist) if isinstance(inner, faiss.IndexIVF) else 0
 
 
-def search_parameters(index: Any, params: dict[str, int], sel: Any | None = None) -> Any | None:
+def search_parameters(index: Any, params: dict[str, int], selector: Any = None) -> Any | None:
     """A ``faiss.SearchParameters`` object for one call, or None for the index's own settings.
 
-    Unknown or zero values are ignored (0 = "the tuned default" in the proto). ``sel`` (a Faiss
-    ``IDSelector``, e.g. the live index's tombstones) restricts the call to the ids it accepts;
-    with a selector the index's own nprobe/efSearch fill in for a missing value, because a
-    parameters object of the index's type is required and its defaults are not the index's."""
+    Unknown or zero values are ignored (0 = "the tuned default" in the proto). ``selector``
+    (a ``faiss.IDSelector`` over image ids) restricts the call to the ids it accepts: it goes on
+    the innermost parameters, which IDMap wrappers translate to their internal row numbers. A
+    fresh object per call matters: IndexIDMap swaps the selector of the object it is given for
+    the duration of the call."""
     name = param_name(index)
     value = int(params.get(name, 0)) if name else 0
-    if (not name or value <= 0) and sel is None:
+    if (not name or value <= 0) and selector is None:
         return None
-    inner = _inner(index)
+    # IVF refuses a plain SearchParameters, and a fresh SearchParametersIVF/HNSW carries
+    # Faiss's defaults, not the index's: a selector-only call repeats the index's own value.
     if name == NPROBE:
-        nprobe = value if value > 0 else int(inner.nprobe)
+        nprobe = value if value > 0 else int(_inner(index).nprobe)
         inner_params: Any = faiss.SearchParametersIVF(nprobe=min(nprobe, nlist(index)))
     elif name == EF_SEARCH:
-        ef = value if value > 0 else int(inner.hnsw.efSearch)
+        ef = value if value > 0 else int(_inner(index).hnsw.efSearch)
         inner_params = faiss.SearchParametersHNSW(efSearch=ef)
     else:
         inner_params = faiss.SearchParameters()
-    if sel is not None:
-        inner_params.sel = sel
+    if selector is not None:
+        inner_params.sel = selector
     top = faiss.downcast_index(index)
     if isinstance(top, faiss.IndexPreTransform):
         wrapped = faiss.SearchParametersPreTransform()

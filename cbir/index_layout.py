@@ -4,6 +4,9 @@
     <index>/manifest.json                   IndexManifest, written last
     <index>/shard=NNN/index.faiss           the shard's Faiss index (ids = global image ids)
     <index>/shard=NNN/ids.parquet           image_id int64 -> key string, sorted by image_id
+    <index>/shard=NNN/metadata.parquet      image_id + the filterable metadata columns, the
+                                            same rows in the same order as ids.parquet
+                                            (optional: older builds have none; docs/filters.md)
     <index>/shard=NNN/manifest.json         ShardManifest (checksum = sha256 of index.faiss)
 """
 
@@ -18,6 +21,7 @@ from cbir.schema import INDEX_MANIFEST
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
+METADATA_FILE = "metadata.parquet"
 
 IDS_SCHEMA = pa.schema(
     [pa.field("image_id", pa.int64(), nullable=False), pa.field("key", pa.string(), nullable=False)]

@@ -143,7 +143,9 @@ def describe_cluster(args: argparse.Namespace, opts: InfoOptions) -> dict[str, A
             "index_version": info.index_version, "model": info.model,
             "model_version": info.model_version, "dim": info.dim, "metric": info.metric,
             "count": sum(s["count"] or 0 for s in shards), "qps": round(qps, 2),
-            "requests_served": info.requests_served, "shards": shards}
+            "requests_served": info.requests_served, "shards": shards,
+            # what a --filter may name (docs/filters.md)
+            "filter_columns": [{"name": n, "type": t} for n, t in info.metadata_columns.items()]}
 
 
 # ------------------------------------------------------------------ output

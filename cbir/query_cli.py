@@ -20,6 +20,9 @@ class QueryOptions:
                                 help="with --image-id: leave the query image out of the hits")
     nprobe: int = option(0, non_negative=True, help="IVF lists probed (0 = default)")
     ef_search: int = option(0, non_negative=True, help="HNSW efSearch (0 = default)")
+    filter: str = option("", metavar="EXPR",
+                         help="only images whose metadata pass EXPR, e.g. \"width >= 640 AND "
+                              "label IN ('cat', 'dog')\" (docs/filters.md)")
     timeout: float = option(10.0, positive=True, metavar="S", help="seconds before giving up")
     json: bool = option(False, help="print the result as JSON (image ids also as strings: "
                                     "image_id_str)")
@@ -61,7 +64,7 @@ def to_json(result: SearchResult) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     opts: QueryOptions = build(QueryOptions, args)
     common: dict[str, Any] = {"nprobe": opts.nprobe, "ef_search": opts.ef_search,
-                              "timeout_s": opts.timeout}
+                              "timeout_s": opts.timeout, "filter": opts.filter}
     with CoordinatorClient(
         opts.coordinator, timeout_s=opts.timeout, security=client_security_from_args(args)
     ) as client:

@@ -43,6 +43,26 @@ def embeddings_schema(dim: int, model: str = "", model_version: str = "") -> pa.
     return pa.schema(fields, metadata=meta)
 
 
+# Per-object metadata the backfill keeps after the required columns (README, data contracts;
+# docs/filters.md). Optional for readers: runs written before these existed lack them.
+ATTRIBUTES = "attributes"
+OBJECT_METADATA_FIELDS = (
+    pa.field("last_modified", pa.timestamp("ms", tz="UTC")),
+    pa.field("content_type", pa.string()),
+    # S3 user metadata (x-amz-meta-NAME -> NAME) and, with --with-tags, tags (-> tag_NAME).
+    pa.field(ATTRIBUTES, pa.map_(pa.string(), pa.string())),
+)
+
+
+def backfill_schema(dim: int, model: str = "", model_version: str = "",
+                    sidecar: pa.Schema | None = None) -> pa.Schema:
+    """What the backfill writes: the required columns, the object metadata, then the typed
+    columns of the ``--attributes`` sidecar table (joined by key)."""
+    base = embeddings_schema(dim, model, model_version)
+    fields = [*base, *OBJECT_METADATA_FIELDS, *(sidecar or [])]
+    return pa.schema(fields, metadata=base.metadata)
+
+
 ERRORS_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),

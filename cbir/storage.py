@@ -14,7 +14,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -197,6 +197,11 @@ class Prefix:
     size: int  # the object's whole size at the time of the GET
     etag: str
     retries: int  # request attempts botocore retried
+    # What the GET response says about the object (the backfill keeps it as filterable
+    # metadata, docs/filters.md): Last-Modified, Content-Type, x-amz-meta-* (prefix stripped).
+    last_modified: Any = None  # datetime.datetime | None
+    content_type: str | None = None
+    user_metadata: dict[str, str] = field(default_factory=dict)
 
 
 def _total_size(resp: dict[str, Any]) -> int:
@@ -223,7 +228,9 @@ def read_prefix(uri: str, max_bytes: int) -> Prefix:
         raise StreamCut(f"{uri}: body stream cut: {type(exc).__name__}: {exc}", retries) from exc
     finally:
         body.close()
-    return Prefix(data, _total_size(resp), str(resp.get("ETag", "")).strip('"'), retries)
+    return Prefix(data, _total_size(resp), str(resp.get("ETag", "")).strip('"'), retries,
+                  resp.get("LastModified"), resp.get("ContentType"),
+                  {str(k).lower(): str(v) for k, v in (resp.get("Metadata") or {}).items()})
 
 
 def download(uri: str, dest: str) -> None:

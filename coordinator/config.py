@@ -38,6 +38,19 @@ class BalancerConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """Sizes of the coordinator's caches (coordinator.caching, docs/filters.md)."""
+
+    result_cache_bytes: int = option(
+        64 * 1024 * 1024, non_negative=True, metavar="BYTES",
+        help="memory for cached search answers (0 = off); keyed by the index version, so a "
+             "roll never serves an old answer")
+    embedding_cache_bytes: int = option(
+        32 * 1024 * 1024, non_negative=True, metavar="BYTES",
+        help="memory for embeddings of query images, by content hash (0 = off)")
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     # With --topology the file's shard count; with --shard-dns the flag.
     num_shards: int = option(flag="--shards", positive=True,
@@ -109,6 +122,7 @@ class CoordinatorConfig:
     # After a write is durable, replicas are told at once; this bounds the wait for them.
     wal_push_timeout_s: float = 0.5
     balancer: BalancerConfig = nested(BalancerConfig)
+    cache: CacheConfig = nested(CacheConfig)
     limits: Limits = nested(lambda: DEFAULT_LIMITS)
     # TLS / bearer tokens callers must present, and how the coordinator dials its shards.
     security: ServerSecurity = field(default_factory=ServerSecurity)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from cbir.metrics_registry import server_registry
+
 
 class CoordinatorMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = server_registry()
         r = self.registry
         self.requests = Counter(
             "cbir_coordinator_requests", "Search requests by query type and status code",
@@ -60,6 +62,7 @@ class CoordinatorMetrics:
             "Shard calls re-sent because a replica did not hold the pinned index version",
             ["shard"], registry=r,
         )
+        self.cache_lookups = cache_lookups(r)
         self.live_replicas = Gauge(
             "cbir_coordinator_live_replicas", "Replicas in rotation per shard", ["shard"],
             registry=r,
@@ -74,3 +77,10 @@ class CoordinatorMetrics:
         """Listen on the gRPC server's own host: a coordinator bound to 127.0.0.1 must not
         publish its metrics on every interface."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+def cache_lookups(registry: CollectorRegistry) -> Counter:
+    """Hits and misses of the coordinator's caches (coordinator.caching, docs/filters.md)."""
+    return Counter("cbir_coordinator_cache_lookups",
+                   "Cache lookups by cache (result | embedding) and result (hit | miss)",
+                   ["cache", "result"], registry=registry)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from cbir.errors import DeadlineExceeded, NotFound, Unavailable
+from cbir.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from cbir.ids import shard_of
 from cbir.merge import MergedHit, ShardHits, merge_top_k
 from coordinator.batching import Row, ShardBatcher
@@ -46,6 +46,8 @@ class ClusterInfo:
     # Per shard, from its last Stats (for Info).
     counts: Mapping[int, int] = field(default_factory=dict)
     versions: Mapping[int, str] = field(default_factory=dict)
+    # What a filter may name: (name, Arrow type) from a shard's Stats (docs/filters.md).
+    metadata_columns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ def cluster_info(num_shards: int, stats: Mapping[int, cbir_pb2.StatsResponse]) -
         reporting_shards=tuple(sorted(stats)),
         counts={shard: s.count for shard, s in stats.items()},
         versions={shard: s.index_version for shard, s in stats.items()},
+        metadata_columns=tuple((c.name, c.type) for c in values[0].metadata_columns)
+        if values else (),
     )
 
 
@@ -134,6 +138,7 @@ class DistributedSearch:
         exclude_id: int | None,
         deadline: float,
         request_id: str,
+        filter_text: str = "",
     ) -> SearchAnswer:
         # One extra to make room for the excluded query image, within what a shard accepts:
         # at k = max_k an excluded self-match leaves max_k - 1 hits rather than failing.
@@ -141,12 +146,13 @@ class DistributedSearch:
         params = cbir_pb2.SearchParams(nprobe=index_params.nprobe,
                                        ef_search=index_params.ef_search)
         pinned = self.fanout.pinned_version()
-        if pinned is not None and self.batchers is not None:
+        # Filtered queries are not micro-batched: each carries its own filter to every shard.
+        if pinned is not None and self.batchers is not None and not filter_text:
             answers = await self._batched(query, shard_k, params, pinned, deadline, request_id)
             return self._answer(answers, k, exclude_id, pinned, deadline, request_id)
         request = cbir_pb2.ShardSearchRequest(
             vectors=np.ascontiguousarray(query, dtype="<f4").tobytes(), dim=int(query.shape[0]),
-            k=shard_k, params=params, request_id=request_id,
+            k=shard_k, params=params, request_id=request_id, filter=filter_text,
         )
         if pinned is not None:
             rows = await self._pinned(request, pinned, deadline)
@@ -247,6 +253,8 @@ class DistributedSearch:
             try:
                 return await self.fanout.call(shard, call, deadline, retry_codes, prefer), 0
             except ShardCallFailed as exc:
+                if exc.code == grpc.StatusCode.INVALID_ARGUMENT:  # e.g. the filter: the caller's
+                    raise InvalidArgument(exc.reason.split("INVALID_ARGUMENT: ", 1)[-1]) from exc
                 log.warning("left out of request %s: %s", request.request_id, exc)
                 self.fanout.metrics.shard_failures.labels(str(shard)).inc()
                 return None

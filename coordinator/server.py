@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.security import server_credentials
 from cbir.rpc.serving import Serving
+from coordinator.caching import QueryCaches
 from coordinator.config import CoordinatorConfig
 from coordinator.fanout import Fanout
 from coordinator.metrics import CoordinatorMetrics
@@ -79,7 +80,8 @@ class CoordinatorServer:
         interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
         self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
         self.service = QueryService(config.limits, self.state, self.search,
-                                    config.deadline_margin_s)
+                                    config.deadline_margin_s,
+                                    QueryCaches(config.cache, self.metrics.cache_lookups))
         self.writes = WriteService(config.wal, config.num_shards, self.state, self.fanout,
                                    config.limits, config.wal_push_timeout_s) \
             if config.wal else None

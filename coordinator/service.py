@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cbir.cache import AnswerKey
 from cbir.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -24,6 +25,8 @@ from cbir.errors import (
 )
 from cbir.limits import Limits
 from cbir.rpc.deadlines import caller_budget_s
+from coordinator.caching import QueryCaches, query_digest
+from coordinator.config import CacheConfig
 from coordinator.queries import (
     IndexParams,
     check_image_id,
@@ -52,6 +55,7 @@ class Query:
     exclude_query_image: bool = False
     request_id: str = ""
     time_remaining_s: float | None = None
+    filter: str = ""  # metadata filter pushed down to every shard (docs/filters.md)
 
     @property
     def kind(self) -> str:
@@ -97,11 +101,13 @@ class CoordinatorState:
 
 class QueryService:
     def __init__(self, limits: Limits, state: CoordinatorState, search: DistributedSearch,
-                 deadline_margin_s: float) -> None:
+                 deadline_margin_s: float, caches: QueryCaches | None = None) -> None:
         self.limits = limits
         self.state = state
         self.search_engine = search
         self.deadline_margin_s = deadline_margin_s
+        # Off unless given; the server passes the ones its config sizes.
+        self.caches = caches or QueryCaches(CacheConfig(0, 0))
 
     def deadline_of(self, query: Query) -> float:
         """The absolute deadline; one too short to reach any shard is refused at once, as
@@ -119,11 +125,25 @@ class QueryService:
         k = resolve_k(query.k, self.limits)
         check_params(query.params.nprobe, query.params.ef_search, self.limits)
         info = self.state.require_info()
+        key = self._answer_key(query, k, info)
+        if (cached := self.caches.get_answer(key)) is not None:
+            return cached
         vector, exclude = await self._query_vector(query, info, deadline)
-        return await self.search_engine.search(
+        answer = await self.search_engine.search(
             prepare_query(vector, info.metric), k, query.params, exclude, deadline,
-            query.request_id,
+            query.request_id, filter_text=query.filter.strip(),
         )
+        self.caches.put_answer(key, answer)
+        return answer
+
+    def _answer_key(self, query: Query, k: int, info: ClusterInfo) -> AnswerKey | None:
+        """The result cache's key: the version queries are pinned to now (None = no caching)."""
+        if not self.caches.answers.enabled:
+            return None
+        return self.caches.answer_key(
+            query_digest(query.image, query.vector, query.image_id, query.exclude_query_image),
+            k, query.params, query.filter.strip(), self.search_engine.fanout.pinned_version(),
+            info.num_shards)
 
     async def _query_vector(self, query: Query, info: ClusterInfo, deadline: float
                             ) -> tuple[np.ndarray, int | None]:
@@ -132,7 +152,11 @@ class QueryService:
         if query.image is not None:
             check_image_bytes(query.image, self.limits)
             runner = self.state.require_embedder(info)
-            return await runner.embed(query.image), None
+            digest, vector = self.caches.get_embedding(query.image)
+            if vector is None:
+                vector = await runner.embed(query.image)
+                self.caches.put_embedding(digest, vector)
+            return vector, None
         if query.image_id is not None:
             check_image_id(query.image_id)
             vector = await self.search_engine.vector_of(query.image_id, deadline,

@@ -52,6 +52,7 @@ def query_of(request: cbir_pb2.SearchRequest, request_id: str,
         exclude_query_image=request.exclude_query_image,
         request_id=request_id,
         time_remaining_s=time_remaining_s,
+        filter=request.filter,
     )
 
 
@@ -162,4 +163,6 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
             shard_counts=dict(info.counts),
             shard_index_versions=dict(info.versions),
             requests_served=self.metrics.requests_served(),
+            metadata_columns=[cbir_pb2.MetadataColumn(name=n, type=t)
+                              for n, t in info.metadata_columns],
         )

@@ -137,7 +137,9 @@ def seed_bucket(photos: list[Photo]) -> None:
 def run_cli(*argv: str) -> None:
     say("$ cbir " + " ".join(argv))
     started = time.monotonic()
-    subprocess.run(cbir_command("-v", *argv), check=True)
+    # No -v: the jobs print their progress and a one-line summary; Spark's own INFO lines would
+    # bury them (run the printed command with -v to see those).
+    subprocess.run(cbir_command(*argv), check=True)
     say(f"{argv[0]} finished in {time.monotonic() - started:.1f}s")
 
 

@@ -29,20 +29,22 @@ class ApplyLogResponse(_message.Message):
     def __init__(self, applied_seq: _Optional[int] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("vectors", "dim", "k", "params", "index_version", "request_id")
+    __slots__ = ("vectors", "dim", "k", "params", "index_version", "request_id", "filter")
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     vectors: bytes
     dim: int
     k: int
     params: SearchParams
     index_version: str
     request_id: str
-    def __init__(self, vectors: _Optional[bytes] = ..., dim: _Optional[int] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., index_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    filter: str
+    def __init__(self, vectors: _Optional[bytes] = ..., dim: _Optional[int] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., index_version: _Optional[str] = ..., request_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
     __slots__ = ("shard", "num_queries", "k", "ids", "scores", "keys", "index_version", "metric")
@@ -91,7 +93,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "applied_seq")
+    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "metadata_columns", "applied_seq")
     class SearchParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +117,7 @@ class StatsResponse(_message.Message):
     INDEX_URI_FIELD_NUMBER: _ClassVar[int]
     INDEX_POINTER_FIELD_NUMBER: _ClassVar[int]
     POINTER_TARGET_FIELD_NUMBER: _ClassVar[int]
+    METADATA_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_shards: int
@@ -132,8 +135,17 @@ class StatsResponse(_message.Message):
     index_uri: str
     index_pointer: str
     pointer_target: str
+    metadata_columns: _containers.RepeatedCompositeFieldContainer[MetadataColumn]
     applied_seq: int
-    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+
+class MetadataColumn(_message.Message):
+    __slots__ = ("name", "type")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class LoadIndexRequest(_message.Message):
     __slots__ = ("index_uri",)
@@ -223,7 +235,7 @@ class FloatVector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "vector", "image_id", "k", "params", "exclude_query_image", "request_id")
+    __slots__ = ("image", "vector", "image_id", "k", "params", "exclude_query_image", "request_id", "filter")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +243,7 @@ class SearchRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     vector: FloatVector
     image_id: int
@@ -238,7 +251,8 @@ class SearchRequest(_message.Message):
     params: SearchParams
     exclude_query_image: bool
     request_id: str
-    def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[FloatVector, _Mapping]] = ..., image_id: _Optional[int] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., exclude_query_image: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    filter: str
+    def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[FloatVector, _Mapping]] = ..., image_id: _Optional[int] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., exclude_query_image: _Optional[bool] = ..., request_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("image_id", "key", "score", "shard")
@@ -273,7 +287,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("num_shards", "dim", "model", "model_version", "metric", "index_version", "live_replicas", "replicas", "shard_counts", "shard_index_versions", "requests_served")
+    __slots__ = ("num_shards", "dim", "model", "model_version", "metric", "index_version", "live_replicas", "replicas", "shard_counts", "shard_index_versions", "requests_served", "metadata_columns")
     class LiveReplicasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +327,7 @@ class InfoResponse(_message.Message):
     SHARD_COUNTS_FIELD_NUMBER: _ClassVar[int]
     SHARD_INDEX_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    METADATA_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     num_shards: int
     dim: int
     model: str
@@ -324,4 +339,5 @@ class InfoResponse(_message.Message):
     shard_counts: _containers.ScalarMap[int, int]
     shard_index_versions: _containers.ScalarMap[int, str]
     requests_served: int
-    def __init__(self, num_shards: _Optional[int] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., metric: _Optional[str] = ..., index_version: _Optional[str] = ..., live_replicas: _Optional[_Mapping[int, int]] = ..., replicas: _Optional[_Mapping[int, int]] = ..., shard_counts: _Optional[_Mapping[int, int]] = ..., shard_index_versions: _Optional[_Mapping[int, str]] = ..., requests_served: _Optional[int] = ...) -> None: ...
+    metadata_columns: _containers.RepeatedCompositeFieldContainer[MetadataColumn]
+    def __init__(self, num_shards: _Optional[int] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., metric: _Optional[str] = ..., index_version: _Optional[str] = ..., live_replicas: _Optional[_Mapping[int, int]] = ..., replicas: _Optional[_Mapping[int, int]] = ..., shard_counts: _Optional[_Mapping[int, int]] = ..., shard_index_versions: _Optional[_Mapping[int, str]] = ..., requests_served: _Optional[int] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ...) -> None: ...

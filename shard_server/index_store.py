@@ -56,6 +56,8 @@ class LoadedIndex:
     ids: np.ndarray  # int64, sorted: the ids held, for key lookup and GetVectors membership
     keys: pa.Array  # string, aligned with ids
     memory_bytes: int
+    # Filterable metadata, row i = ids[i] (``key`` + ``image_id`` at least; docs/filters.md).
+    metadata: pa.Table | None = None
     # The key column's Arrow buffers, read directly by ``keys_of``: a per-request
     # ``pa.compute.take`` costs tens of microseconds and releases the GIL, which on a busy event
     # loop means waiting to get it back.
@@ -173,6 +175,23 @@ def _read_ids(path: str, manifest: ShardManifest, where: str) -> tuple[np.ndarra
     return ids, table.column("key").combine_chunks()
 
 
+def _read_metadata(uri: str, ids: np.ndarray, keys: pa.Array, where: str) -> pa.Table:
+    """The shard's metadata columns aligned with ``ids``; an index built before metadata
+    existed still gets ``image_id`` and ``key`` so filters on them work everywhere."""
+    base = pa.table({"image_id": pa.array(ids, pa.int64()), "key": keys})
+    if not storage.exists(uri):
+        return base
+    with tempfile.TemporaryDirectory(prefix="cbir-meta-") as tmp:
+        table = pq.read_table(_fetch(uri, tmp))
+    if "image_id" not in table.column_names or not np.array_equal(
+            table.column("image_id").to_numpy(), ids):
+        raise FailedPrecondition(f"{where}: metadata.parquet rows do not match ids.parquet")
+    extra = [n for n in table.column_names if n not in ("image_id", "key")]
+    for name in extra:
+        base = base.append_column(table.schema.field(name), table.column(name))
+    return base.combine_chunks()
+
+
 def load_shard(index_uri: str, shard: int, expect: Expectations) -> LoadedIndex:
     """Load and verify ``index_uri``/shard=NNN/; raise a typed error saying what is wrong."""
     where = index_layout.shard_uri(index_uri, shard)
@@ -189,11 +208,12 @@ def load_shard(index_uri: str, shard: int, expect: Expectations) -> LoadedIndex:
         index_bytes = os.path.getsize(index_path)  # ~ its size in RAM
         ids, keys = _read_ids(_fetch(storage.join(where, index_layout.IDS_FILE), tmp),
                               manifest, where)
+    metadata = _read_metadata(storage.join(where, index_layout.METADATA_FILE), ids, keys, where)
     _enable_reconstruct(index)
-    memory = index_bytes + int(ids.nbytes) + int(keys.nbytes)
+    memory = index_bytes + int(ids.nbytes) + int(metadata.nbytes)
     log.info("loaded %s: %d x %d %s (%s)", where, manifest.count, manifest.dim,
              manifest.factory, manifest.index_version)
-    return LoadedIndex(index, manifest, index_uri, ids, keys, memory)
+    return LoadedIndex(index, manifest, index_uri, ids, keys, memory, metadata)
 
 
 class IndexStore:

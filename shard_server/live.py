@@ -83,3 +83,14 @@ def split_live_ids(view: LiveView, wanted: np.ndarray, in_base: np.ndarray
     from_delta = np.array([int(i) in view.delta.row_of for i in wanted.tolist()], dtype=bool)
     hidden = np.array([view.hidden_in_base(int(i)) for i in wanted.tolist()], dtype=bool)
     return in_base & ~hidden & ~from_delta, from_delta
+
+
+def without_hidden(view: LiveView, scores: np.ndarray, ids: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A base-only answer (a filtered search: the delta carries no metadata yet) with the
+    tombstoned rows removed, cut to ``k``: deleted or replaced images never come back."""
+    if len(view.tombstones):
+        hidden = np.isin(ids, view.tombstones)
+        ids = np.where(hidden, -1, ids)
+        scores = np.where(hidden, -np.inf, scores)
+    return merge_top_k(scores, ids, scores[:, :0], ids[:, :0], k)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from cbir.metrics_registry import server_registry
 from shard_server.index_store import LoadedIndex
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -14,7 +15,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 class ShardMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = server_registry()
         self._http: Any = None
         self.requests = Counter(
             "cbir_shard_requests", "RPCs by method and status code", ["method", "code"],

@@ -23,12 +23,14 @@ from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.options import nested, option
 from cbir.wal import ShardLog
 from shard_server.batcher import BatchConfig, SearchBatcher
+from shard_server.filtering import FilterConfig, FilterPlans, filtered_search
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
 from shard_server.live import (
     delta_keys,
     limit_numpy_blas_threads,
     live_search,
     split_live_ids,
+    without_hidden,
 )
 from shard_server.log_follower import LogFollower
 
@@ -59,6 +61,7 @@ class SearcherConfig:
     default_params: dict[str, int] = field(default_factory=dict)  # overrides the manifest's
     limits: Limits = DEFAULT_LIMITS
     batch: BatchConfig = nested(BatchConfig)
+    filter: FilterConfig = nested(FilterConfig)
     threads: int = option(2, flag="--search-threads", positive=True,
                           help="threads running Faiss searches")
     # OpenMP threads per Faiss call (process-wide).
@@ -146,6 +149,7 @@ class ShardSearcher:
             faiss.omp_set_num_threads(config.faiss_threads)
         self._executor = ThreadPoolExecutor(config.threads, thread_name_prefix="cbir-faiss")
         self._batcher = SearchBatcher(run_search, self._executor, config.batch)
+        self.filter_plans = FilterPlans(config.filter)
         self._load_lock = asyncio.Lock()
         self.log = ShardLog(config.wal, config.shard) if config.wal else None
         if self.log is not None:
@@ -184,15 +188,34 @@ class ShardSearcher:
         return {**loaded.manifest.search_params, **self.config.default_params}
 
     async def search(self, data: bytes, dim: int, k: int, params: dict[str, int],
-                     index_version: str = "") -> SearchResult:
+                     index_version: str = "", filter_text: str = "") -> SearchResult:
         loaded = self.store.get(index_version)
         check_k(k, self.config.limits)
         queries = decode_queries(data, dim, loaded.manifest.dim, self.config.limits)
         merged = merge_params(self.defaults(loaded), params, self.config.limits)
-        scores, ids = await self._batcher.search(loaded, queries, k, merged)
+        if filter_text.strip():
+            scores, ids = await self._filtered(loaded, filter_text, queries, k, merged)
+        else:
+            scores, ids = await self._batcher.search(loaded, queries, k, merged)
         self.queries_served += len(queries)
         keys = delta_keys(loaded.live.get(), ids, loaded.keys_of(ids))
         return SearchResult(ids, scores, keys, loaded.version)
+
+    async def _filtered(self, loaded: LoadedIndex, text: str, queries: np.ndarray, k: int,
+                        params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """A filtered search runs on its own (not micro-batched: each call has its own
+        selector); evaluating the filter is Arrow work, off the event loop too."""
+
+        def run() -> tuple[np.ndarray, np.ndarray]:
+            plan = self.filter_plans.plan(loaded, text)
+            # The live index: ask for as many more as rows are hidden, then drop those.
+            view = loaded.live.get()
+            more = min(len(view.tombstones), self.config.limits.max_k)
+            scores, ids = filtered_search(loaded, plan, queries, k + more, params,
+                                          self.config.filter, self.config.limits)
+            return without_hidden(view, scores, ids, k)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def get_vectors(self, image_ids: list[int]) -> VectorsResult:
         loaded = self.store.current()

@@ -17,6 +17,7 @@ from cbir.rpc.logs import clean_request_id, safe_text
 from cbir.rpc.status import grpc_errors, status_for
 from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.admin import IndexPolicy
+from shard_server.filtering import schema_of
 from shard_server.metrics import ShardMetrics
 from shard_server.searcher import ShardSearcher
 
@@ -81,7 +82,8 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
     ) -> cbir_pb2.ShardSearchResponse:
         params = {NPROBE: request.params.nprobe, EF_SEARCH: request.params.ef_search}
         result = await self.searcher.search(
-            request.vectors, request.dim, request.k, params, request.index_version
+            request.vectors, request.dim, request.k, params, request.index_version,
+            request.filter,
         )
         self.metrics.queries.inc(len(result.ids))
         return cbir_pb2.ShardSearchResponse(
@@ -125,6 +127,8 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             held_versions=self.searcher.store.held_versions(),
             index_uri=loaded.uri, index_pointer=self.policy.index_pointer or "",
             pointer_target=self.pointer_target(), applied_seq=view.applied_seq,
+            metadata_columns=[cbir_pb2.MetadataColumn(name=f.name, type=str(f.type))
+                              for f in schema_of(loaded)],
         )
 
     @grpc_errors

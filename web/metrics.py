@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+from cbir.metrics_registry import server_registry
 
 
 class WebMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = server_registry()
         self.requests = Counter(
             "cbir_web_requests", "HTTP requests by route template and status",
             ["route", "method", "status"], registry=self.registry)

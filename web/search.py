@@ -14,6 +14,7 @@ from starlette.requests import Request
 from cbir import storage
 from cbir.client import AsyncCoordinatorClient, SearchResult
 from cbir.errors import InvalidArgument, ResourceExhausted
+from cbir.filters import MAX_FILTER_CHARS
 from cbir.ids import image_id
 from cbir.limits import Limits
 from web.images import check_image_id
@@ -30,6 +31,8 @@ class JsonQuery(BaseModel):
     key: str | None = None
     k: int | None = None
     exclude_query_image: bool = False
+    # A metadata filter, e.g. "width >= 640 AND label IN ('cat')" (docs/filters.md).
+    filter: str = Field(default="", max_length=MAX_FILTER_CHARS)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Query:
     vector: list[float] | None = None
     image_id: int | None = None
     exclude_query_image: bool = False
+    filter: str = ""
 
 
 def _k(value: Any, default: int, limits: Limits) -> int:
@@ -69,7 +73,11 @@ async def _from_form(request: Request, default_k: int, limits: Limits) -> Query:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise InvalidArgument("a multipart search needs a file field named 'image'")
-        return Query(k=_k(form.get("k"), default_k, limits), image=await _upload(upload, limits))
+        flt = form.get("filter") or ""
+        if not isinstance(flt, str) or len(flt) > MAX_FILTER_CHARS:
+            raise InvalidArgument(f"filter must be text of at most {MAX_FILTER_CHARS} characters")
+        return Query(k=_k(form.get("k"), default_k, limits), image=await _upload(upload, limits),
+                     filter=flt)
     finally:
         await form.close()  # spooled upload files
 
@@ -87,7 +95,7 @@ async def _from_json(request: Request, default_k: int, limits: Limits) -> Query:
         raise InvalidArgument("a JSON query has exactly one of 'vector', 'image_id', 'key'")
     k = _k(body.k, default_k, limits)
     if body.vector is not None:
-        return Query(k=k, vector=body.vector)
+        return Query(k=k, vector=body.vector, filter=body.filter)
     wanted = body.image_id
     if body.key is not None:
         if not storage.is_s3(body.key):
@@ -95,7 +103,7 @@ async def _from_json(request: Request, default_k: int, limits: Limits) -> Query:
         wanted = image_id(body.key)  # ids are hashes of keys: query by the id
     assert wanted is not None
     return Query(k=k, image_id=check_image_id(wanted),
-                 exclude_query_image=body.exclude_query_image)
+                 exclude_query_image=body.exclude_query_image, filter=body.filter)
 
 
 async def parse(request: Request, default_k: int, limits: Limits) -> Query:
@@ -112,12 +120,15 @@ async def parse(request: Request, default_k: int, limits: Limits) -> Query:
 
 async def run(client: AsyncCoordinatorClient, query: Query, timeout_s: float) -> SearchResult:
     if query.image is not None:
-        return await client.search_image(query.image, k=query.k, timeout_s=timeout_s)
+        return await client.search_image(query.image, k=query.k, timeout_s=timeout_s,
+                                         filter=query.filter)
     if query.vector is not None:
-        return await client.search_vector(query.vector, k=query.k, timeout_s=timeout_s)
+        return await client.search_vector(query.vector, k=query.k, timeout_s=timeout_s,
+                                          filter=query.filter)
     assert query.image_id is not None
     return await client.search_id(query.image_id, k=query.k, timeout_s=timeout_s,
-                                  exclude_query_image=query.exclude_query_image)
+                                  exclude_query_image=query.exclude_query_image,
+                                  filter=query.filter)
 
 
 def answer(result: SearchResult, started: float, base_path: str = "") -> dict[str, Any]:

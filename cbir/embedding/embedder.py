@@ -16,11 +16,10 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cbir.embedding import models, onnx_export
 from cbir.embedding.gpu_decode import DeviceJpegPath, gpu_batch_size
-from cbir.embedding.preprocess import Prepared, PreprocessSpec, prepare_bytes, prepare_image
+from cbir.embedding.preprocess import Prepared, PreprocessSpec, prepare_bytes
 from cbir.embedding.result import EmbedResult
 from cbir.embedding.runtimes import OnnxRuntime, Pipeline, Runtime, TorchRuntime, resolve_runtime
 from cbir.errors import BadImage, FailedPrecondition
@@ -135,25 +134,6 @@ class Embedder:
             vectors.append(self.embed_pixels(np.stack(good)))
         out = np.concatenate(vectors) if vectors else np.zeros((0, self.dim), dtype=np.float32)
         return EmbedResult(out, ok, sizes, failures)
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Already-decoded images (full resolution, no JPEG draft) -> (N, dim) vectors."""
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.embed_pixels(np.stack([prepare_image(im, self.preprocess).pixels
-                                           for im in images]))
-
-    def classify(self, pixels: np.ndarray) -> np.ndarray:
-        """ImageNet logits where the network has its classifier (efficientnet_lite0 only);
-        used to prove the weights are wired right."""
-        head = getattr(self._pipeline.net, "net", None)
-        if head is None:
-            raise FailedPrecondition(f"{self.name} has no classifier head here")
-        mean, std = self._pipeline.mean, self._pipeline.std
-        with torch.inference_mode():
-            x = torch.from_numpy(np.array(pixels)).to(mean.device)
-            x = (x.permute(0, 3, 1, 2).to(mean.dtype) - mean) / std
-            return head(x).float().cpu().numpy()
 
 
 def resolve_device(device: str | None) -> str:

@@ -4,8 +4,8 @@
 factory, trains the empty index and serialises it, then has ``jobs.engines`` run
 ``build_shard`` once per shard - sequentially or as Spark tasks (same function, same inputs: a
 small ``ShardTask`` descriptor plus the trained index bytes, shared once per executor).
-Each task writes ``shard=NNN/{index.faiss, ids.parquet, manifest.json}`` (manifest last); the
-driver writes the top-level ``manifest.json`` after every shard committed.
+Each task writes ``shard=NNN/{index.faiss, ids.parquet, metadata.parquet, manifest.json}``
+(manifest last); the driver writes the top-level ``manifest.json`` after every shard committed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cbir.schema import (
     write_manifest,
 )
 from jobs import engines
-from jobs.build_index import embeddings_run, select, train_device, tune
+from jobs.build_index import embeddings_run, metadata, select, train_device, tune
 from jobs.build_index import manifest as manifests
 from jobs.engines import EngineOptions
 from jobs.progress import Progress
@@ -92,6 +92,7 @@ class ShardTask:
     tune_queries: int
     seed: int
     faiss_threads: int
+    attribute_names: tuple[str, ...] = ()  # of the whole run: the same columns on every shard
 
 
 def _empty_index(dim: int, factory: str) -> faiss.Index:
@@ -170,6 +171,10 @@ def build_shard(task: ShardTask, trained: bytes) -> ShardManifest:
     shard_root = index_layout.shard_uri(task.output, task.shard)
     storage.write_bytes(storage.join(shard_root, index_layout.INDEX_FILE), data)
     storage.write_bytes(storage.join(shard_root, index_layout.IDS_FILE), _ids_parquet(rows))
+    # Filterable metadata beside the ids (docs/filters.md); before the manifest, the commit.
+    storage.write_bytes(storage.join(shard_root, index_layout.METADATA_FILE),
+                        metadata.metadata_parquet(
+                            metadata.read_metadata(dataset, rows.ids, task.attribute_names)))
     shard_manifest = _shard_manifest(task, rows, data, tuned)
     write_manifest(storage.join(shard_root, INDEX_MANIFEST), shard_manifest)  # the commit
     log.info("shard %d: %d vectors, %s, recall@10=%s", task.shard, len(rows),
@@ -197,7 +202,8 @@ def plan(config: BuildConfig) -> tuple[list[ShardTask], bytes, EmbedManifest]:
     trained = load_or_train(config, version, dataset, embed.dim, factory, count)
     base = ShardTask(0, config.num_shards, config.embeddings, config.output, embed.dim, factory,
                      version, embed.model, embed.model_version, config.target_recall,
-                     config.tune_queries, config.seed, config.faiss_threads)
+                     config.tune_queries, config.seed, config.faiss_threads,
+                     metadata.attribute_names(dataset))
     shards = range(config.num_shards) if config.shard_only is None else [config.shard_only]
     return [replace(base, shard=s) for s in shards], trained, embed
 

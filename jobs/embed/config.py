@@ -32,6 +32,10 @@ class BackfillConfig:
     io_threads: int = DEFAULT_IO_THREADS
     torch_threads: int | None = None  # per worker process; None = torch's default
     limits: Limits = DEFAULT_LIMITS
+    # Filterable metadata (docs/filters.md): object tags (one more request per object) and a
+    # sidecar table of typed attributes joined by key.
+    with_tags: bool = False
+    attributes: str | None = None
 
     def __post_init__(self) -> None:
         # A batch of <= 0 images embeds nothing yet commits an empty part that re-runs skip:

@@ -13,7 +13,9 @@ mid-read, which botocore cannot see, so the two layers never retry the same fail
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from dataclasses import dataclass, field
 
 from tenacity import (
     RetryCallState,
@@ -73,11 +75,41 @@ def _read(uri: str, max_bytes: int) -> tuple[storage.Prefix, int]:
         raise Unavailable(f"{uri}: body stream cut {STREAM_ATTEMPTS} times: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What the GET response says about the object (kept as filterable metadata)."""
+
+    last_modified: dt.datetime | None = None
+    content_type: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)  # x-amz-meta-NAME -> NAME
+
+
 def fetch(bucket: str, key: str, max_bytes: int, listed_size: int | None = None
           ) -> tuple[bytes, int]:
-    """(the object's bytes, retries used: botocore's + tenacity's re-GETs). Raises ``BadImage``
-    for a per-object refusal or an object now larger than ``max_bytes``; a typed cbir error
-    (``Unavailable`` once retries are exhausted: the task fails and Spark retries it)."""
+    """(the object's bytes, retries used): ``fetch_with_meta`` without the metadata."""
+    data, retries, _ = fetch_with_meta(bucket, key, max_bytes, listed_size)
+    return data, retries
+
+
+def fetch_tags(bucket: str, key: str) -> dict[str, str]:
+    """The object's tags as ``tag_NAME`` attributes (one more request: --with-tags)."""
+    uri = f"s3://{bucket}/{key}"
+    try:
+        with storage.s3_errors(f"tags of {uri}"):
+            resp = storage.s3_client().get_object_tagging(Bucket=bucket, Key=key)
+    except NoSuchObject:
+        raise BadImage("missing", "deleted after listing") from None
+    except PermissionDenied:
+        raise BadImage("access_denied", "S3 AccessDenied (GetObjectTagging)") from None
+    return {f"tag_{t['Key'].lower()}": str(t["Value"]) for t in resp.get("TagSet", [])}
+
+
+def fetch_with_meta(bucket: str, key: str, max_bytes: int, listed_size: int | None = None
+                    ) -> tuple[bytes, int, ObjectMeta]:
+    """(the object's bytes, retries used: botocore's + tenacity's re-GETs, its metadata).
+    Raises ``BadImage`` for a per-object refusal or an object now larger than ``max_bytes``;
+    a typed cbir error (``Unavailable`` once retries are exhausted: the task fails and Spark
+    retries it)."""
     uri = f"s3://{bucket}/{key}"
     got, regets = _read(uri, max_bytes)
     if got.size > max_bytes or len(got.data) > max_bytes:
@@ -85,4 +117,5 @@ def fetch(bucket: str, key: str, max_bytes: int, listed_size: int | None = None
         raise BadImage("too_large", f"{got.size} bytes > limit {max_bytes}{grew}")
     if listed_size is not None and got.size != listed_size:
         log.info("%s changed after listing: %s -> %d bytes", uri, listed_size, got.size)
-    return got.data, got.retries + regets
+    meta = ObjectMeta(got.last_modified, got.content_type, dict(got.user_metadata))
+    return got.data, got.retries + regets, meta

@@ -18,7 +18,7 @@ from cbir.errors import InvalidArgument, NotFound
 from cbir.model_names import RUNTIME_NAMES
 from cbir.options import nested, option
 from jobs import engines
-from jobs.embed import plan
+from jobs.embed import plan, sidecar
 from jobs.embed.config import (
     DEFAULT_ENGINE,
     DEFAULT_IO_THREADS,
@@ -70,6 +70,12 @@ class JobOptions:
                              help="fetch+decode threads per task")
     allow_empty: bool = option(False, help="succeed on an input with no objects (default: an "
                                "error, since it is usually a typo'd bucket or prefix)")
+    # Filterable metadata (docs/filters.md).
+    with_tags: bool = option(False, help="keep each object's tags as attributes tag_NAME (one "
+                             "more request per object)")
+    attributes: str | None = option(None, metavar="URI",
+                                    help="sidecar table (Parquet or CSV, local or s3://) with a "
+                                    "'key' column: its typed columns become filterable metadata")
     engine: EngineOptions = nested(_default_engine)
 
     def __post_init__(self) -> None:
@@ -85,12 +91,14 @@ def build_config(opts: JobOptions) -> BackfillConfig:
     if opts.num_shards <= 0:
         raise InvalidArgument(f"--num-shards must be positive, got {opts.num_shards}")
     info = describe_model(opts.model, opts.weights)  # unknown model / missing weights fail here
+    if opts.attributes:
+        sidecar.load_sidecar(opts.attributes)  # a bad sidecar fails here, not in every task
     return BackfillConfig(
         input=opts.input, output=opts.output, model=info.name, model_version=info.version,
         dim=info.dim, weights=opts.weights, device=opts.device, runtime=opts.runtime,
         batch_size=opts.batch_size,
         num_shards=opts.num_shards, objects_per_task=opts.objects_per_task,
-        io_threads=opts.io_threads,
+        io_threads=opts.io_threads, with_tags=opts.with_tags, attributes=opts.attributes,
     )
 
 

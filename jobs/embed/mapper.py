@@ -32,6 +32,7 @@ class Outcome:
     result: Prepared | BadImage | bytes  # bytes: left for the GPU to decode
     nbytes: int | None
     retries: int = 0
+    meta: fetch.ObjectMeta | None = None
 
 
 @dataclass
@@ -56,16 +57,20 @@ def embedder_for(
     return emb
 
 
-def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits) -> Outcome:
+def _fetch_prepare(emb: Embedder, bucket: str, ref: ObjectRef, limits: Limits,
+                   with_tags: bool = False) -> Outcome:
     try:
         check_size(ref.size, limits)  # the listing's size: no GET for an empty/oversized object
-        data, retries = fetch.fetch(bucket, ref.key, limits.max_image_bytes, ref.size)
+        data, retries, meta = fetch.fetch_with_meta(bucket, ref.key, limits.max_image_bytes,
+                                                    ref.size)
+        if with_tags:
+            meta.attributes.update(fetch.fetch_tags(bucket, ref.key))
     except BadImage as exc:  # bad bytes or a permanent per-object refusal: recorded, not fatal
         return Outcome(ref, exc, None if exc.reason in ("missing", "access_denied",
                                                         "unreadable") else ref.size)
     if emb.decodes_on_device:  # CUDA: nvJPEG decodes the batch in _collect
-        return Outcome(ref, data, len(data), retries)
-    return Outcome(ref, emb.try_prepare(data), len(data), retries)
+        return Outcome(ref, data, len(data), retries, meta)
+    return Outcome(ref, emb.try_prepare(data), len(data), retries, meta)
 
 
 def _collect(
@@ -87,6 +92,7 @@ def _collect(
         rows.keys.append(uri)
         rows.sizes.append(out.result.size)
         rows.nbytes.append(out.nbytes or 0)
+        rows.add_meta(out.meta)
         good.append(out.result.pixels)
     if good:
         rows.vectors.append(emb.embed_pixels(np.stack(good)))
@@ -104,6 +110,7 @@ def _collect_on_device(task: EmbedTask, raw: list[Outcome], emb: Embedder, rows:
         rows.keys.append(task.uri(raw[index].ref))
         rows.sizes.append(size)
         rows.nbytes.append(raw[index].nbytes or 0)
+        rows.add_meta(raw[index].meta)
     if res.ok:
         rows.vectors.append(res.vectors)
 
@@ -117,8 +124,8 @@ def embed_task(config: BackfillConfig, task: EmbedTask) -> tuple[PartRows, Error
     with ThreadPoolExecutor(max(1, config.io_threads)) as pool:
 
         def submit(chunk: tuple[ObjectRef, ...]) -> list[Future[Outcome]]:
-            return [pool.submit(_fetch_prepare, emb, task.bucket, r, config.limits)
-                    for r in chunk]
+            return [pool.submit(_fetch_prepare, emb, task.bucket, r, config.limits,
+                                config.with_tags) for r in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         for i in range(len(chunks)):

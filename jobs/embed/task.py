@@ -41,7 +41,7 @@ def embed_and_commit(task: EmbedTask, config: BackfillConfig) -> TaskResult:
         writer.write_table(writer.errors_uri(config.output, task.part),
                            writer.errors_table(errors))
     table = writer.embeddings_table(rows, config.dim, config.model, config.model_version,
-                                    config.num_shards)
+                                    config.num_shards, config.attributes, task.bucket)
     writer.write_table(target, table)
     return TaskResult(
         task.part, written=True, num_images=table.num_rows, num_errors=len(errors.keys),

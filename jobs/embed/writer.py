@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cbir import ids, schema, storage
+from jobs.embed import sidecar
+from jobs.embed.fetch import ObjectMeta
 
 
 @dataclass
@@ -25,6 +27,15 @@ class PartRows:
     vectors: list[np.ndarray] = field(default_factory=list)  # (n, dim) blocks
     sizes: list[tuple[int, int]] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)
+    last_modified: list[object] = field(default_factory=list)  # datetime | None
+    content_types: list[str | None] = field(default_factory=list)
+    attributes: list[list[tuple[str, str]]] = field(default_factory=list)
+
+    def add_meta(self, meta: ObjectMeta | None) -> None:
+        meta = meta or ObjectMeta()
+        self.last_modified.append(meta.last_modified)
+        self.content_types.append(meta.content_type)
+        self.attributes.append(sorted(meta.attributes.items()))
 
 
 @dataclass
@@ -49,10 +60,26 @@ def errors_uri(output: str, part: str) -> str:
     return storage.join(output, schema.ERRORS_DIR, part)
 
 
+def _metadata_columns(rows: PartRows, attributes: str | None, bucket: str) -> list[pa.Array]:
+    """Object metadata, then the sidecar's typed columns (schema.backfill_schema's order)."""
+    fields = {f.name: f.type for f in schema.OBJECT_METADATA_FIELDS}
+    while len(rows.last_modified) < len(rows.keys):  # rows added without metadata
+        rows.add_meta(None)
+    out = [
+        pa.array(rows.last_modified, fields["last_modified"]),
+        pa.array(rows.content_types, fields["content_type"]),
+        pa.array(rows.attributes, fields[schema.ATTRIBUTES]),
+    ]
+    if attributes:
+        out += sidecar.join(attributes, bucket, rows.keys)
+    return out
+
+
 def embeddings_table(
-    rows: PartRows, dim: int, model: str, version: str, num_shards: int
+    rows: PartRows, dim: int, model: str, version: str, num_shards: int,
+    attributes: str | None = None, bucket: str = "",
 ) -> pa.Table:
-    sch = schema.embeddings_schema(dim, model, version)
+    sch = schema.backfill_schema(dim, model, version, sidecar.sidecar_schema(attributes))
     vectors = (np.concatenate(rows.vectors) if rows.vectors
                else np.zeros((0, dim), dtype=np.float32)).astype(np.float32, copy=False)
     image_ids = np.array([ids.image_id(k) for k in rows.keys], dtype=np.int64)
@@ -65,6 +92,7 @@ def embeddings_table(
         pa.array([w for w, _ in rows.sizes], type=pa.int32()),
         pa.array([h for _, h in rows.sizes], type=pa.int32()),
         pa.array(rows.nbytes, type=pa.int64()),
+        *_metadata_columns(rows, attributes, bucket),
     ]
     return pa.Table.from_arrays(list(columns), schema=sch)
 

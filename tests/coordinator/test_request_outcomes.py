@@ -57,7 +57,10 @@ def test_metrics_listen_on_the_servers_host_only(loop_thread: LoopThread) -> Non
     cluster = start_cluster(loop_thread, host="127.0.0.1", metrics_port=metrics_port)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-            assert b"cbir_coordinator" in r.read()
+            body = r.read()
+        assert b"cbir_coordinator" in body
+        # The process's own memory and CPU are exported next to the server's metrics.
+        assert b"process_resident_memory_bytes" in body and b"process_cpu_seconds_total" in body
         # 127.0.0.2 is the same loopback device: only a 0.0.0.0 listener would answer there.
         assert not _connects("127.0.0.2", metrics_port)
     finally:

@@ -27,7 +27,8 @@ class FakeSearch:
         self.calls: list[tuple[Any, ...]] = []
 
     async def search(self, query: np.ndarray, k: int, params: IndexParams,
-                     exclude: int | None, deadline: float, request_id: str) -> SearchAnswer:
+                     exclude: int | None, deadline: float, request_id: str,
+                     filter_text: str = "") -> SearchAnswer:
         self.calls.append((query, k, params, exclude, request_id))
         return SearchAnswer([], (), "i1", "ip")
 

@@ -15,6 +15,7 @@ from cbir.errors import BadImage
 from cbir.limits import Limits
 from demo.photos import bundled_photos, encode_jpeg
 from tests.embedding import odd_images as odd
+from tests.embedding.helpers import embed_images
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_embed_images_matches_embed_bytes_for_lossless_input(
 ) -> None:
     data = odd.save(cat, "PNG")
     from_bytes = _vec(embedder, data)
-    from_pil = embedder.embed_images([decode_image(data)])[0]
+    from_pil = embed_images(embedder, [decode_image(data)])[0]
     assert np.abs(from_bytes - from_pil).max() < 1e-5
 
 
@@ -101,7 +102,7 @@ def test_large_jpeg_reduced_decoding_stays_faithful(embedder: Embedder, photos: 
     big = Image.fromarray(photos[0].pixels).resize((1920, 1080), Image.Resampling.BICUBIC)
     data = odd.save(big, "JPEG", quality=90)
     drafted = _vec(embedder, data)  # the shared path decodes at 1/4 size in the DCT domain
-    full = embedder.embed_images([Image.open(io.BytesIO(data))])[0]
+    full = embed_images(embedder, [Image.open(io.BytesIO(data))])[0]
     assert float(drafted @ full) > 0.97
     assert embedder.embed_bytes([data]).sizes == [(1920, 1080)]
 

@@ -50,7 +50,7 @@ def _spark_class() -> str:
     return str(Path(pyspark.__file__).parent / "bin" / "spark-class")
 
 
-def _wait(what: str, ready: object, timeout_s: float = 90.0) -> None:
+def _wait(what: str, ready: object, timeout_s: float = 240.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if callable(ready) and ready():

@@ -1,0 +1,83 @@
+"""The per-shard metadata table a shard server filters on (docs/filters.md).
+
+``shard=NNN/metadata.parquet`` holds ``image_id`` plus every metadata column of the embeddings
+run (everything but the key, the vector and the shard number: width, height, size,
+last_modified, content_type, sidecar columns with their own types) and one string column per
+attribute name found in the run's ``attributes`` map (S3 user metadata, ``tag_*`` tags), in the
+same row order as ``ids.parquet``. The attribute names are collected once over the whole run by
+the driver, so every shard has the same columns and a filter valid on one is valid on all. The
+key stays in ``ids.parquet`` only; the shard server joins the two.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from cbir.errors import FailedPrecondition
+from cbir.schema import ATTRIBUTES
+
+NOT_METADATA = frozenset({"key", "embedding", "shard"})
+RENAMED = {"bytes": "size"}  # the object's size, under the name the filter docs use
+MAX_ATTRIBUTE_NAMES = 256  # columns, not values: a run with more is probably keyed by id
+
+
+def metadata_columns(schema: pa.Schema) -> list[str]:
+    return [name for name in schema.names if name not in NOT_METADATA]
+
+
+def attribute_names(dataset: ds.Dataset) -> tuple[str, ...]:
+    """Every attribute name in the run (driver side), sorted."""
+    if ATTRIBUTES not in dataset.schema.names:
+        return ()
+    names: set[str] = set()
+    for batch in dataset.to_batches(columns=[ATTRIBUTES]):
+        keys = batch.column(ATTRIBUTES).keys  # every entry's name (MapArray.keys)
+        names.update(k for k in pc.unique(keys).to_pylist() if k)
+        if len(names) > MAX_ATTRIBUTE_NAMES:
+            raise FailedPrecondition(
+                f"more than {MAX_ATTRIBUTE_NAMES} distinct attribute names in the run")
+    return tuple(sorted(names))
+
+
+def _expand(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    """The attributes map -> one string column per name; ``bytes`` -> ``size``."""
+    table = table.rename_columns([RENAMED.get(n, n) for n in table.column_names])
+    if ATTRIBUTES not in table.column_names:
+        return table
+    attrs = table.column(ATTRIBUTES).combine_chunks()
+    table = table.drop_columns([ATTRIBUTES])
+    for name in names:
+        # A name that a built-in or sidecar column already uses gets a prefix.
+        column = f"attr_{name}" if name in table.column_names else name
+        table = table.append_column(pa.field(column, pa.string()),
+                                    pc.map_lookup(attrs, name, "first"))
+    return table
+
+
+def read_metadata(dataset: ds.Dataset, ids: np.ndarray,
+                  attributes: tuple[str, ...] = ()) -> pa.Table:
+    """The metadata rows of ``ids`` (sorted, unique), in that order; the first row of an id
+    wins where the run holds exact duplicates (the build drops those too)."""
+    columns = metadata_columns(dataset.schema)
+    wanted = pa.array(ids, pa.int64())
+    table = dataset.to_table(columns=columns, filter=pc.field("image_id").isin(wanted))
+    found = table.column("image_id").to_numpy()
+    order = np.argsort(found, kind="stable")
+    unique, first = np.unique(found[order], return_index=True)
+    if not np.array_equal(unique, ids):
+        raise FailedPrecondition(
+            f"metadata: {len(ids)} ids in the shard, {len(unique)} found in the embeddings"
+        )
+    return _expand(table.take(pa.array(order[first])).combine_chunks(), attributes)
+
+
+def metadata_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
