@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index-pointer": ("shard_server.pointer_cli", "read or atomically flip an index pointer"),
     "query": ("cbir.query_cli", "query a coordinator by image file or image id"),
     "info": ("cbir.info_cli", "describe an embeddings run, an index, a pointer or a live cluster"),
+    "upsert": ("cbir.upsert_cli", "add or replace images in the live index via a coordinator"),
+    "delete": ("cbir.delete_cli", "remove images from the live index via a coordinator"),
+    "watch": ("cbir.watch_cli", "apply S3 event notifications (SQS) to the live index"),
     "serve-web": ("web.cli", "serve the web page and the HTTP/JSON API over a coordinator"),
 }
 

@@ -38,6 +38,8 @@ __all__ = [
     "Hit",
     "SearchResult",
     "ServerError",
+    "UpsertSpec",
+    "WriteResult",
 ]
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -135,6 +137,58 @@ def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
     )
 
 
+@dataclass(frozen=True)
+class UpsertSpec:
+    """One image to add or replace: its S3 key plus, optionally, its bytes (else the
+    coordinator fetches the object) or a ready vector of the served dim."""
+
+    key: str
+    image: bytes | str | Path | None = None
+    vector: Sequence[float] | np.ndarray | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """One item's answer: ``status`` "ok" (durable, in shard ``shard``'s log entry ``seq``) or
+    "error" with the ``reason``."""
+
+    key: str
+    image_id: int
+    status: str
+    reason: str
+    shard: int
+    seq: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "image_id": self.image_id, "image_id_str": str(self.image_id),
+                "status": self.status, "reason": self.reason}
+
+
+def _upsert_request(items: Sequence[UpsertSpec], request_id: str) -> cbir_pb2.UpsertRequest:
+    return cbir_pb2.UpsertRequest(request_id=request_id, items=[cbir_pb2.UpsertItem(
+        key=item.key,
+        image=_image_bytes(item.image) if item.image is not None else b"",
+        vector=_vector(item.vector) if item.vector is not None else None,
+        attributes=item.attributes,
+    ) for item in items])
+
+
+def _delete_request(keys: Sequence[str], image_ids: Sequence[int],
+                    request_id: str) -> cbir_pb2.DeleteRequest:
+    return cbir_pb2.DeleteRequest(keys=list(keys), image_ids=[int(i) for i in image_ids],
+                                  request_id=request_id)
+
+
+def _writes(reply: cbir_pb2.WriteResponse) -> list[WriteResult]:
+    return [WriteResult(r.key, r.image_id, r.status, r.reason, r.shard, r.seq)
+            for r in reply.items]
+
+
 @contextlib.contextmanager
 def _cbir_errors(address: str, security: ClientSecurity | None) -> Iterator[None]:
     """gRPC errors (sync or aio) as the cbir error their status stands for."""
@@ -189,6 +243,22 @@ class CoordinatorClient:
         with _cbir_errors(self.address, self.security):
             reply = self._stub.Search(request, timeout=timeout_s or self.timeout_s)
         return _result(reply)
+
+    def upsert(self, items: Sequence[UpsertSpec], *, request_id: str = "",
+               timeout_s: float | None = None) -> list[WriteResult]:
+        """Add or replace images (needs the ``write`` role when tokens are configured)."""
+        with _cbir_errors(self.address, self.security):
+            reply = self._stub.Upsert(_upsert_request(items, request_id),
+                                      timeout=timeout_s or self.timeout_s)
+        return _writes(reply)
+
+    def delete(self, keys: Sequence[str] = (), image_ids: Sequence[int] = (), *,
+               request_id: str = "", timeout_s: float | None = None) -> list[WriteResult]:
+        """Remove images by key and/or id (an unknown one is "ok": deletes are idempotent)."""
+        with _cbir_errors(self.address, self.security):
+            reply = self._stub.Delete(_delete_request(keys, image_ids, request_id),
+                                      timeout=timeout_s or self.timeout_s)
+        return _writes(reply)
 
     def close(self) -> None:
         self._channel.close()
@@ -247,6 +317,20 @@ class AsyncCoordinatorClient:
         with _cbir_errors(self.address, self.security):
             reply = await self._stub.Search(request, timeout=timeout_s or self.timeout_s)
         return _result(reply)
+
+    async def upsert(self, items: Sequence[UpsertSpec], *, request_id: str = "",
+                     timeout_s: float | None = None) -> list[WriteResult]:
+        with _cbir_errors(self.address, self.security):
+            reply = await self._stub.Upsert(_upsert_request(items, request_id),
+                                            timeout=timeout_s or self.timeout_s)
+        return _writes(reply)
+
+    async def delete(self, keys: Sequence[str] = (), image_ids: Sequence[int] = (), *,
+                     request_id: str = "", timeout_s: float | None = None) -> list[WriteResult]:
+        with _cbir_errors(self.address, self.security):
+            reply = await self._stub.Delete(_delete_request(keys, image_ids, request_id),
+                                            timeout=timeout_s or self.timeout_s)
+        return _writes(reply)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -113,6 +113,9 @@ class ShardManifest(_Model):
     index_version: str
     checksum: str  # sha256 of index.faiss
     recall_at_10: float | None = None
+    # The live index: the write-ahead log position folded into this version (compaction);
+    # replicas apply only later entries on top of it.
+    wal_seq: int = Field(default=0, ge=0)
 
 
 class IndexManifest(_Model):

@@ -115,6 +115,12 @@ class CoordinatorConfig:
                                   help="seconds in-flight calls get to finish on SIGTERM")
     metrics_port: int | None = option(None, non_negative=True,
                                       help="serve Prometheus metrics on this port")
+    # The live index (docs/live_updates.md): where Upsert/Delete append; "" = writes are off.
+    wal: str = option("", metavar="URI",
+                      help="write-ahead log root (path or s3://) for Upsert/Delete; the shards' "
+                           "--wal must name the same (default: writes are off)")
+    # After a write is durable, replicas are told at once; this bounds the wait for them.
+    wal_push_timeout_s: float = 0.5
     balancer: BalancerConfig = nested(BalancerConfig)
     cache: CacheConfig = nested(CacheConfig)
     limits: Limits = nested(lambda: DEFAULT_LIMITS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -21,7 +22,7 @@ from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.security import server_credentials
 from cbir.rpc.serving import Serving
 from coordinator.caching import QueryCaches
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CacheConfig, CoordinatorConfig
 from coordinator.fanout import Fanout
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.query_embedder import EmbeddingRunner, QueryEmbedder, load_query_embedder
@@ -35,6 +36,7 @@ from coordinator.topology import (
     TopologySource,
     dnspython_resolver,
 )
+from coordinator.write_service import WriteService
 from protos import cbir_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,14 @@ def topology_source(config: CoordinatorConfig) -> TopologySource:
     if config.shard_dns is None:
         raise ValueError("either topology_file or shard_dns is needed")
     return DnsTopology(config.shard_dns, config.num_shards, dnspython_resolver(config.dns_server))
+
+
+def answer_cache_config(config: CoordinatorConfig) -> CacheConfig:
+    """No answer cache with live writes: its key does not yet carry the shards' applied log
+    positions (other coordinators write too), so a cached answer could return a deleted image.
+    The embedding cache stays."""
+    return dataclasses.replace(config.cache, result_cache_bytes=0) if config.wal \
+        else config.cache
 
 
 def default_embedder_factory(config: CoordinatorConfig) -> EmbedderFactory | None:
@@ -80,8 +90,12 @@ class CoordinatorServer:
         self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
         self.service = QueryService(config.limits, self.state, self.search,
                                     config.deadline_margin_s,
-                                    QueryCaches(config.cache, self.metrics.cache_lookups))
-        servicer = CoordinatorServicer(self.service, self.metrics)
+                                    QueryCaches(answer_cache_config(config),
+                                                self.metrics.cache_lookups))
+        self.writes = WriteService(config.wal, config.num_shards, self.state, self.fanout,
+                                   config.limits, config.wal_push_timeout_s) \
+            if config.wal else None
+        servicer = CoordinatorServicer(self.service, self.metrics, self.writes)
         cbir_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.serving.server)
         self.topology: Topology = {}
         self.ready = asyncio.Event()

@@ -12,13 +12,17 @@ import os
 import time
 
 import grpc
+import numpy as np
 
+from cbir.errors import FailedPrecondition
 from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.queries import IndexParams
 from coordinator.search import SearchAnswer
 from coordinator.service import CoordinatorState, Query, QueryService
+from coordinator.write_service import WriteService
+from coordinator.writes import ItemResult, UpsertItem
 from protos import cbir_pb2, cbir_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,21 @@ def query_of(request: cbir_pb2.SearchRequest, request_id: str,
     )
 
 
+def upsert_items_of(request: cbir_pb2.UpsertRequest) -> list[UpsertItem]:
+    return [UpsertItem(
+        key=item.key,
+        image=item.image or None,
+        vector=(np.asarray(item.vector.values, np.float64) if item.HasField("vector") else None),
+        attributes=dict(item.attributes),
+    ) for item in request.items]
+
+
+def write_response_of(results: list[ItemResult], request_id: str) -> cbir_pb2.WriteResponse:
+    return cbir_pb2.WriteResponse(items=[cbir_pb2.WriteResult(
+        key=r.key, image_id=r.image_id, image_id_str=str(r.image_id), status=r.status,
+        reason=r.reason, shard=r.shard, seq=r.seq) for r in results], request_id=request_id)
+
+
 def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchResponse:
     return cbir_pb2.SearchResponse(
         hits=[cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
@@ -65,8 +84,10 @@ def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchRespons
 
 
 class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
-    def __init__(self, service: QueryService, metrics: CoordinatorMetrics) -> None:
+    def __init__(self, service: QueryService, metrics: CoordinatorMetrics,
+                 writes: WriteService | None = None) -> None:
         self.service = service
+        self.writes = writes
         self.state = service.state
         self.search = service.search_engine
         self.metrics = metrics
@@ -99,6 +120,31 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
                 "search request_id=%s query=%s code=%s partial=%s index_version=%s ms=%.2f",
                 request_id, query.kind, code, partial, version or "-", seconds * 1000,
             )
+
+    def _write_service(self) -> WriteService:
+        if self.writes is None:
+            raise FailedPrecondition("this coordinator serves no writes (start it with --wal)")
+        return self.writes
+
+    @grpc_errors
+    async def Upsert(
+        self, request: cbir_pb2.UpsertRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.WriteResponse:
+        request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
+        results = await self._write_service().upsert(upsert_items_of(request))
+        access_log.info("upsert request_id=%s items=%d ok=%d", request_id, len(results),
+                        sum(r.status == "ok" for r in results))
+        return write_response_of(results, request_id)
+
+    @grpc_errors
+    async def Delete(
+        self, request: cbir_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.WriteResponse:
+        request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
+        results = await self._write_service().delete(list(request.keys), list(request.image_ids))
+        access_log.info("delete request_id=%s items=%d ok=%d", request_id, len(results),
+                        sum(r.status == "ok" for r in results))
+        return write_response_of(results, request_id)
 
     @grpc_errors
     async def Info(

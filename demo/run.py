@@ -4,7 +4,8 @@ A local S3 endpoint (moto's HTTP server) is seeded with real photos that ship in
 packages (plus a few broken objects); the Spark backfill embeds them with the offline default
 model; the index build makes one Faiss index per shard; shard servers (several replicas each) and
 a coordinator start on 127.0.0.1; edited copies of the photos are sent as queries and the results
-printed. Then it keeps serving until Ctrl-C.
+printed; a photo held back from the backfill is then uploaded and upserted live (and deleted).
+Then it keeps serving until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbir import storage
+from demo.live import live_update
 from demo.photos import Photo, bundled_photos, edited_copies, encode_jpeg
 from demo.processes import ChildProcesses, cbir_command, free_port
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PHOTO_BUCKET = "cbir-demo-photos"
 DATA_BUCKET = "cbir-demo-data"
+WAL = f"s3://{DATA_BUCKET}/wal"  # the live index's write-ahead log
 BROKEN_OBJECTS = {
     "photos/broken/empty.jpg": b"",
     "photos/broken/not-an-image.jpg": b"this is a text file, not a JPEG\n",
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     with local_s3() as endpoint, ChildProcesses(cfg.workdir / "logs") as procs:
         say(f"local S3 endpoint: {endpoint}")
-        photos = bundled_photos()
+        # The last photo is held back: the live-index step uploads it while serving.
+        *photos, held_back = bundled_photos()
         seed_bucket(photos)
         embeddings, index = f"s3://{DATA_BUCKET}/embeddings", f"s3://{DATA_BUCKET}/indexes/v1"
         run_cli("backfill", "--input", f"s3://{PHOTO_BUCKET}/photos", "--output", embeddings,
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         accuracy = query_edited_photos(coordinator, photos, cfg.k)
         say(f"top-1 = original for {accuracy:.1%} of edited-photo queries")
         query_by_id(coordinator, photos[0], cfg.k)
+        live_update(coordinator, held_back, PHOTO_BUCKET, say)
         example = cfg.workdir / f"{photos[0].name}-crop.jpg"
         example.write_bytes(dict(edited_copies(photos[0]))["crop"])
         if cfg.serve:
@@ -167,13 +172,13 @@ def start_cluster(cfg: DemoConfig, procs: ChildProcesses, index: str) -> str:
             topology.setdefault(str(shard), []).append(address)
             procs.start(f"shard{shard}-replica{replica}", cbir_command(
                 "-v", "serve-shard", "--index", index, "--shard", str(shard),
-                "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]))
+                "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--wal", WAL))
     topology_file = cfg.workdir / "topology.json"
     topology_file.write_text(json.dumps({"shards": topology}, indent=2))
     coordinator = f"127.0.0.1:{free_port()}"
     procs.start("coordinator", cbir_command(
         "-v", "serve-coordinator", "--topology", str(topology_file),
-        "--host", "127.0.0.1", "--port", coordinator.rsplit(":", 1)[1]))
+        "--host", "127.0.0.1", "--port", coordinator.rsplit(":", 1)[1], "--wal", WAL))
     for addresses in topology.values():
         for address in addresses:
             procs.wait_serving(address, "cbir.v1.Shard", cfg.startup_timeout_s)

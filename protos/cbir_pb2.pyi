@@ -14,6 +14,20 @@ class SearchParams(_message.Message):
     ef_search: int
     def __init__(self, nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
+class ApplyLogRequest(_message.Message):
+    __slots__ = ("seq", "request_id")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    request_id: str
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ApplyLogResponse(_message.Message):
+    __slots__ = ("applied_seq",)
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    applied_seq: int
+    def __init__(self, applied_seq: _Optional[int] = ...) -> None: ...
+
 class ShardSearchRequest(_message.Message):
     __slots__ = ("vectors", "dim", "k", "params", "index_version", "request_id", "filter")
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -79,7 +93,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "metadata_columns")
+    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "metadata_columns", "applied_seq")
     class SearchParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +118,7 @@ class StatsResponse(_message.Message):
     INDEX_POINTER_FIELD_NUMBER: _ClassVar[int]
     POINTER_TARGET_FIELD_NUMBER: _ClassVar[int]
     METADATA_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_shards: int
     count: int
@@ -121,7 +136,8 @@ class StatsResponse(_message.Message):
     index_pointer: str
     pointer_target: str
     metadata_columns: _containers.RepeatedCompositeFieldContainer[MetadataColumn]
-    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ...) -> None: ...
+    applied_seq: int
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., applied_seq: _Optional[int] = ...) -> None: ...
 
 class MetadataColumn(_message.Message):
     __slots__ = ("name", "type")
@@ -148,6 +164,69 @@ class LoadIndexResponse(_message.Message):
     previous_version: str
     message: str
     def __init__(self, swapped: _Optional[bool] = ..., index_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class UpsertItem(_message.Message):
+    __slots__ = ("key", "image", "vector", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    image: bytes
+    vector: FloatVector
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, key: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[FloatVector, _Mapping]] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("items", "request_id")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[UpsertItem]
+    request_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[UpsertItem, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("image_ids", "keys", "request_id")
+    IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    image_ids: _containers.RepeatedScalarFieldContainer[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    request_id: str
+    def __init__(self, image_ids: _Optional[_Iterable[int]] = ..., keys: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WriteResult(_message.Message):
+    __slots__ = ("key", "image_id", "image_id_str", "status", "reason", "shard", "seq")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_STR_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    image_id: int
+    image_id_str: str
+    status: str
+    reason: str
+    shard: int
+    seq: int
+    def __init__(self, key: _Optional[str] = ..., image_id: _Optional[int] = ..., image_id_str: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., shard: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("items", "request_id")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[WriteResult]
+    request_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[WriteResult, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class FloatVector(_message.Message):
     __slots__ = ("values",)

@@ -56,6 +56,11 @@ class ShardStub:
                 request_serializer=protos_dot_cbir__pb2.LoadIndexRequest.SerializeToString,
                 response_deserializer=protos_dot_cbir__pb2.LoadIndexResponse.FromString,
                 _registered_method=True)
+        self.ApplyLog = channel.unary_unary(
+                '/cbir.v1.Shard/ApplyLog',
+                request_serializer=protos_dot_cbir__pb2.ApplyLogRequest.SerializeToString,
+                response_deserializer=protos_dot_cbir__pb2.ApplyLogResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -91,6 +96,14 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyLog(self, request, context):
+        """Write role: "entry seq of this shard's write-ahead log is durable: catch up to at least it".
+        A push for fast visibility; replicas also poll the log, so a missed push only delays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.LoadIndex,
                     request_deserializer=protos_dot_cbir__pb2.LoadIndexRequest.FromString,
                     response_serializer=protos_dot_cbir__pb2.LoadIndexResponse.SerializeToString,
+            ),
+            'ApplyLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyLog,
+                    request_deserializer=protos_dot_cbir__pb2.ApplyLogRequest.FromString,
+                    response_serializer=protos_dot_cbir__pb2.ApplyLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -235,6 +253,33 @@ class Shard:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ApplyLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbir.v1.Shard/ApplyLog',
+            protos_dot_cbir__pb2.ApplyLogRequest.SerializeToString,
+            protos_dot_cbir__pb2.ApplyLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class CoordinatorStub:
     """---------------------------------------------------------------- Coordinator
@@ -257,6 +302,16 @@ class CoordinatorStub:
                 request_serializer=protos_dot_cbir__pb2.InfoRequest.SerializeToString,
                 response_deserializer=protos_dot_cbir__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Upsert = channel.unary_unary(
+                '/cbir.v1.Coordinator/Upsert',
+                request_serializer=protos_dot_cbir__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=protos_dot_cbir__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/cbir.v1.Coordinator/Delete',
+                request_serializer=protos_dot_cbir__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=protos_dot_cbir__pb2.WriteResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -276,6 +331,19 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upsert(self, request, context):
+        """The live index (write role): add or replace images, remove images; per-item answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +356,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=protos_dot_cbir__pb2.InfoRequest.FromString,
                     response_serializer=protos_dot_cbir__pb2.InfoResponse.SerializeToString,
+            ),
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=protos_dot_cbir__pb2.UpsertRequest.FromString,
+                    response_serializer=protos_dot_cbir__pb2.WriteResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=protos_dot_cbir__pb2.DeleteRequest.FromString,
+                    response_serializer=protos_dot_cbir__pb2.WriteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +424,60 @@ class Coordinator:
             '/cbir.v1.Coordinator/Info',
             protos_dot_cbir__pb2.InfoRequest.SerializeToString,
             protos_dot_cbir__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbir.v1.Coordinator/Upsert',
+            protos_dot_cbir__pb2.UpsertRequest.SerializeToString,
+            protos_dot_cbir__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbir.v1.Coordinator/Delete',
+            protos_dot_cbir__pb2.DeleteRequest.SerializeToString,
+            protos_dot_cbir__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

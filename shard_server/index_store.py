@@ -30,6 +30,8 @@ from cbir import index_layout, storage
 from cbir.errors import FailedPrecondition, ModelMismatch, NotFound, Unavailable
 from cbir.options import option
 from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
+from shard_server.live import LiveBox
+from shard_server.segments import LiveView
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class LoadedIndex:
     # loop means waiting to get it back.
     _key_offsets: np.ndarray = field(init=False, repr=False)
     _key_data: memoryview = field(init=False, repr=False)
+    # The live index: this version's base ids + delta + tombstones, from its folded log position.
+    live: LiveBox = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         keys = self.keys.fill_null("") if self.keys.null_count else self.keys
@@ -71,6 +75,9 @@ class LoadedIndex:
         data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
         object.__setattr__(self, "_key_offsets", offsets.astype(np.int64))
         object.__setattr__(self, "_key_data", data)
+        # (getattr: unit tests build key-table-only instances without a manifest)
+        dim, wal_seq = getattr(self.manifest, "dim", 1), getattr(self.manifest, "wal_seq", 0)
+        object.__setattr__(self, "live", LiveBox(LiveView.of_base(self.ids, dim, wal_seq)))
 
     @property
     def version(self) -> str:

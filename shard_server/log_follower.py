@@ -46,6 +46,13 @@ class LogFollower:
                 self.publish(new_view)
             return new_view.applied_seq
 
+    async def catch_up_fully(self) -> int:
+        """Catch up until a round applies nothing (a round applies a bounded number)."""
+        before, now = -1, self.current().applied_seq
+        while now != before:
+            before, now = now, await self.catch_up()
+        return now
+
     def _read_and_apply(self, view: LiveView) -> LiveView:
         applied = 0
         for entry in self.log.read_after(view.applied_seq):

@@ -9,6 +9,7 @@ vectors gets inner products, which is what it asked for. Non-finite values are r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,12 +18,21 @@ import faiss
 import numpy as np
 
 from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from cbir.faiss_params import EF_SEARCH, search_parameters
+from cbir.faiss_params import EF_SEARCH
 from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.options import nested, option
+from cbir.wal import ShardLog
 from shard_server.batcher import BatchConfig, SearchBatcher
 from shard_server.filtering import FilterConfig, FilterPlans, filtered_search
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
+from shard_server.live import (
+    delta_keys,
+    limit_numpy_blas_threads,
+    live_search,
+    split_live_ids,
+    without_hidden,
+)
+from shard_server.log_follower import LogFollower
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,13 @@ class SearcherConfig:
                                     metavar="S",
                                     help="after a swap, keep answering queries pinned to the "
                                          "previous version this long (0 = free it at once)")
+    # The live index (docs/live_updates.md): "" = no live updates, the base index only.
+    wal: str = option("", metavar="URI",
+                      help="write-ahead log root (path or s3://) of live upserts/deletes to "
+                           "apply on top of the index (default: none)")
+    wal_interval_s: float = option(1.0, flag="--wal-interval", positive=True, metavar="S",
+                                   help="seconds between reads of the write-ahead log (pushes "
+                                        "from coordinators make writes visible sooner)")
 
 
 def decode_queries(data: bytes, dim: int, index_dim: int, limits: Limits) -> np.ndarray:
@@ -108,9 +125,9 @@ def merge_params(defaults: dict[str, int], requested: dict[str, int],
 def run_search(
     loaded: LoadedIndex, queries: np.ndarray, k: int, params: dict[str, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One Faiss call (thread-safe: parameters go per call, the index is never mutated)."""
-    scores, ids = loaded.index.search(queries, k, params=search_parameters(loaded.index, params))
-    return scores, ids
+    """One Faiss call plus the live delta (thread-safe: parameters and the tombstone selector
+    go per call, the index is never mutated)."""
+    return live_search(loaded.index, loaded.live.get(), queries, k, params)
 
 
 def reconstruct(loaded: LoadedIndex, image_ids: list[int]) -> np.ndarray:
@@ -134,6 +151,38 @@ class ShardSearcher:
         self._batcher = SearchBatcher(run_search, self._executor, config.batch)
         self.filter_plans = FilterPlans(config.filter)
         self._load_lock = asyncio.Lock()
+        self.log = ShardLog(config.wal, config.shard) if config.wal else None
+        if self.log is not None:
+            limit_numpy_blas_threads()
+
+    def follower(self, loaded: LoadedIndex) -> LogFollower | None:
+        """The log follower of ``loaded``'s live view (None without a log)."""
+        box = loaded.live
+        if self.log is not None and box.follower is None:
+            box.follower = LogFollower(self.log, box.get, box.set)
+        return box.follower
+
+    async def apply_log(self, seq: int) -> int:
+        """A coordinator pushed: catch the serving version up to at least ``seq``."""
+        loaded = self.store.current()
+        follower = self.follower(loaded)
+        if follower is None:
+            raise FailedPrecondition("this replica serves no write-ahead log (--wal)")
+        if seq < 0:
+            raise InvalidArgument(f"seq must be >= 0, got {seq}")
+        return await follower.offer(seq)
+
+    async def follow_log(self, stop: asyncio.Event) -> None:
+        """Poll the log for the serving version until ``stop`` (a roll switches versions)."""
+        while not stop.is_set():
+            follower = self.follower(self.store.current()) if self.store.loaded else None
+            if follower is not None:
+                try:
+                    await follower.catch_up()
+                except Exception as exc:  # keep following: the store may be briefly away
+                    log.warning("reading the write-ahead log failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.config.wal_interval_s)
 
     def defaults(self, loaded: LoadedIndex) -> dict[str, int]:
         return {**loaded.manifest.search_params, **self.config.default_params}
@@ -149,7 +198,8 @@ class ShardSearcher:
         else:
             scores, ids = await self._batcher.search(loaded, queries, k, merged)
         self.queries_served += len(queries)
-        return SearchResult(ids, scores, loaded.keys_of(ids), loaded.version)
+        keys = delta_keys(loaded.live.get(), ids, loaded.keys_of(ids))
+        return SearchResult(ids, scores, keys, loaded.version)
 
     async def _filtered(self, loaded: LoadedIndex, text: str, queries: np.ndarray, k: int,
                         params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +208,12 @@ class ShardSearcher:
 
         def run() -> tuple[np.ndarray, np.ndarray]:
             plan = self.filter_plans.plan(loaded, text)
-            return filtered_search(loaded, plan, queries, k, params, self.config.filter,
-                                   self.config.limits)
+            # The live index: ask for as many more as rows are hidden, then drop those.
+            view = loaded.live.get()
+            more = min(len(view.tombstones), self.config.limits.max_k)
+            scores, ids = filtered_search(loaded, plan, queries, k + more, params,
+                                          self.config.filter, self.config.limits)
+            return without_hidden(view, scores, ids, k)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
@@ -169,13 +223,24 @@ class ShardSearcher:
             raise ResourceExhausted(
                 f"{len(image_ids)} ids > max batch {self.config.limits.max_batch}"
             )
+        view = loaded.live.get()  # one view for the whole answer
         wanted = np.asarray(image_ids, dtype=np.int64)
-        _, found = loaded.positions(wanted)
-        hits = wanted[found].tolist()
+        from_base, from_delta = split_live_ids(view, wanted, loaded.positions(wanted)[1])
+        found = from_base | from_delta
         loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._executor, reconstruct, loaded, hits)
-        keys = loaded.keys_of(wanted[found])
-        return VectorsResult(hits, vectors, keys, wanted[~found].tolist(), loaded.manifest.dim)
+        base_vectors = await loop.run_in_executor(self._executor, reconstruct, loaded,
+                                                  wanted[from_base].tolist())
+        vectors = np.empty((int(found.sum()), loaded.manifest.dim), np.float32)
+        keys = delta_keys(view, wanted[found], loaded.keys_of(wanted[found]))
+        base_row = 0
+        for row, image_id in enumerate(wanted[found].tolist()):
+            live = view.delta_vector(image_id)
+            if live is not None:
+                vectors[row] = live[0]
+            else:
+                vectors[row], base_row = base_vectors[base_row], base_row + 1
+        return VectorsResult(wanted[found].tolist(), vectors, keys, wanted[~found].tolist(),
+                             loaded.manifest.dim)
 
     async def load(self, index_uri: str) -> tuple[LoadedIndex, LoadedIndex | None]:
         """Load ``index_uri`` beside the serving version, check it, swap; the old one keeps
@@ -187,6 +252,9 @@ class ShardSearcher:
             if old is not None:
                 check_compatible(old, new)
             await asyncio.to_thread(smoke_test, new)
+            follower = self.follower(new)
+            if follower is not None:  # serve the new version only once it has the live writes
+                await follower.catch_up_fully()
             keep_s = self.config.keep_previous_s
             self.store.swap(new, keep_s)
             if old is not None and keep_s > 0:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from cbir.errors import CbirError
 from cbir.options import nested, option
+from cbir.rpc.auth import DEFAULT_METHOD_ROLES, WRITE
 from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.logs import safe_text
 from cbir.rpc.security import ServerSecurity, server_credentials
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SERVICE_NAME = cbir_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
+# A coordinator's push of a durable log entry. With tokens it needs the write role; without,
+# it is open like Search: it only makes the replica read the (authoritative) log sooner.
+APPLY_LOG = "/cbir.v1.Shard/ApplyLog"
 # The admin port never leaves the pod / machine: reaching it is the admin credential.
 ADMIN_HOST = "127.0.0.1"
 
@@ -88,6 +92,8 @@ class ShardServer:
             else None
         self.watch = PointerWatch(retry_failed_s=max(60.0, 6 * config.pointer_interval_s))
         self._watcher: asyncio.Task[None] | None = None
+        self._log_stop = asyncio.Event()
+        self._log_task: asyncio.Task[None] | None = None
         self.port = 0
         self.admin_port = 0
 
@@ -95,8 +101,10 @@ class ShardServer:
         """A gRPC server for ``servicer``: the interceptor always runs, so admin methods are
         refused on the public port when no tokens are configured (secure by default)."""
         security = self.config.security
+        roles = (*(security.auth.method_roles if security.auth else DEFAULT_METHOD_ROLES),
+                 *([(APPLY_LOG, WRITE)] if security.auth else []))
         guard = BearerTokenInterceptor(security.auth, trusted=trusted,
-                                       limit=security.failure_limit)
+                                       limit=security.failure_limit, method_roles=roles)
         self.guards.append(guard)
         serving = Serving([SERVICE_NAME], limits=self.config.searcher.limits,
                           interceptors=[guard])
@@ -143,6 +151,9 @@ class ShardServer:
         self.watch.loaded(target)
         self._pointer_read(self.pointer_target)
         await self.set_serving(True)
+        if self.searcher.log is not None and self._log_task is None:
+            self._log_task = asyncio.get_running_loop().create_task(
+                self.searcher.follow_log(self._log_stop))
         if self.config.index_pointer is not None and self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_pointer())
 
@@ -213,6 +224,7 @@ class ShardServer:
     async def stop(self, grace_s: float | None = None) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        self._log_stop.set()
         grace = self.config.drain_s if grace_s is None else grace_s
         servers = [self.serving, *([self.admin] if self.admin is not None else [])]
         await asyncio.gather(*(s.drain_and_stop(grace) for s in servers))

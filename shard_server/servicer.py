@@ -118,17 +118,26 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
     ) -> cbir_pb2.StatsResponse:
         loaded = self.searcher.store.current()
         m = loaded.manifest
+        view = loaded.live.get()  # the live state: base - tombstones + delta
         return cbir_pb2.StatsResponse(
-            shard=m.shard, num_shards=m.num_shards, count=m.count, dim=m.dim, metric=m.metric,
+            shard=m.shard, num_shards=m.num_shards, count=view.count, dim=m.dim, metric=m.metric,
             factory=m.factory, index_version=m.index_version, model=m.model,
             model_version=m.model_version, search_params=self.searcher.defaults(loaded),
             memory_bytes=loaded.memory_bytes, queries_served=self.searcher.queries_served,
             held_versions=self.searcher.store.held_versions(),
             index_uri=loaded.uri, index_pointer=self.policy.index_pointer or "",
-            pointer_target=self.pointer_target(),
+            pointer_target=self.pointer_target(), applied_seq=view.applied_seq,
             metadata_columns=[cbir_pb2.MetadataColumn(name=f.name, type=str(f.type))
                               for f in schema_of(loaded)],
         )
+
+    @grpc_errors
+    @observed("ApplyLog")
+    async def ApplyLog(
+        self, request: cbir_pb2.ApplyLogRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.ApplyLogResponse:
+        applied = await self.searcher.apply_log(request.seq)
+        return cbir_pb2.ApplyLogResponse(applied_seq=applied)
 
     @grpc_errors
     @observed("LoadIndex")

@@ -43,6 +43,11 @@ def test_demo_serves_real_results_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         print(f"demo: top-1 = original for {accuracy}% of edited-photo queries")
         assert accuracy >= 90.0
         assert "skipped s3://cbir-demo-photos/photos/broken/empty.jpg: empty" in text
+        # The live index: the held-back photo, upserted, is the top hit of its own crop; deleted,
+        # it is gone.
+        print("".join(line for line in lines if "live:" in line))
+        assert "top hit of its crop is now itself" in text, text[-3000:]
+        assert "gone from the results" in text
         coordinator = re.search(r"serving on (127\.0\.0\.1:\d+)", text).group(1)  # type: ignore[union-attr]
         web = re.search(r"HTTP/JSON API: (http://127\.0\.0\.1:\d+/)", text).group(1)  # type: ignore[union-attr]
         with urllib.request.urlopen(web + "api/info", timeout=30) as reply:
