@@ -100,12 +100,15 @@ def write_topology(path: Path, topology: dict[int, list[str]]) -> str:
 
 
 def start_coordinator(procs: Processes, topology_file: str, name: str,
-                      command: Sequence[str] | None = None) -> str:
-    """``cbir serve-coordinator`` (or ``command``, which takes the same flags) for vectors."""
+                      command: Sequence[str] | None = None, answer_cache: bool = False) -> str:
+    """``cbir serve-coordinator`` (or ``command``, which takes the same flags) for vectors.
+    The answer cache is off unless asked for: benchmarks repeat their queries, and a cached
+    answer would measure the cache, not the search path."""
     address = f"127.0.0.1:{free_port()}"
     base = list(command) if command is not None else cbir_command("serve-coordinator")
+    cache = [] if answer_cache else ["--result-cache-bytes", "0"]
     procs.start(name, [*base, "--topology", topology_file, "--host", "127.0.0.1",
-                       "--port", address.rsplit(":", 1)[1], "--no-image-queries"])
+                       "--port", address.rsplit(":", 1)[1], "--no-image-queries", *cache])
     return address
 
 

@@ -198,7 +198,7 @@ def run(quick: bool) -> dict[str, Any]:
                                                                    enumerate(shards)})
         off = cluster.start_coordinator(procs, topology, "coord-off", cluster.cbir_command(
             "serve-coordinator", "--result-cache-bytes", "0", "--embedding-cache-bytes", "0"))
-        on = cluster.start_coordinator(procs, topology, "coord-on")
+        on = cluster.start_coordinator(procs, topology, "coord-on", answer_cache=True)
         for address in (*shards, off):
             procs.wait_serving(address, cluster.SHARD_SERVICE if address in shards
                                else cluster.COORDINATOR_SERVICE)
