@@ -1,4 +1,4 @@
-"""Review: a batched shard call whose every query has left (callers cancelled) is withdrawn,
+"""A batched shard call whose every query has left (callers cancelled) is withdrawn,
 so it does not hold one of the shard's call slots until the latest deadline of its queries
 while other queries queue behind it (real coordinator, real gRPC fake shards)."""
 

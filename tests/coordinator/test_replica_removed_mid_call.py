@@ -1,4 +1,4 @@
-"""Review: a replica removed from the topology between the balancer's pick and the start of
+"""A replica removed from the topology between the balancer's pick and the start of
 the attempt must not turn into a stray KeyError that fails the whole query (real gRPC fake
 shard replicas, a real Fanout)."""
 

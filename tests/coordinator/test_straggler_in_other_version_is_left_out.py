@@ -1,4 +1,4 @@
-"""Review: before any version is complete in every shard (majority path), a straggler shard
+"""Before any version is complete in every shard (majority path), a straggler shard
 that answers the re-ask in another version than the one it was pinned to must be left out
 (failed shard), never merged - the same guard the pinned paths have."""
 
