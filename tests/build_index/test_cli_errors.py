@@ -9,26 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.cli import main
 from jobs.build_index.build import BuildConfig
 from jobs.build_index.cli import add_arguments
 from tests.build_index import fixtures as fx
+from tests.cli_capture import one_line, run_cli
 from tests.conftest import free_port
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(args))
-    except SystemExit as exc:  # argparse refuses the arguments
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.fixture
@@ -40,7 +25,7 @@ def run_uri(tmp_path: Path) -> str:
 
 def _build(capsys: pytest.CaptureFixture[str], emb: str, out: str, *extra: str
            ) -> tuple[int, str, str]:
-    return _cli(capsys, "build-index", "--embeddings", emb, "--output", out, "--shards", "2",
+    return run_cli(capsys, "build-index", "--embeddings", emb, "--output", out, "--shards", "2",
                 "--no-progress", *extra)
 
 
@@ -70,14 +55,14 @@ def test_invalid_values_are_refused_by_the_parser(
     capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, _, err = _build(capsys, run_uri, str(tmp_path / "ix"), flag, value)
-    assert rc == 2 and says in _one_line(err)
+    assert rc == 2 and says in one_line(err)
     assert not (tmp_path / "ix").exists()
 
 
 def test_master_without_the_spark_engine(run_uri: str, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _build(capsys, run_uri, str(tmp_path / "ix"), "--master", "local[2]")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         "cbir build-index: error: --master/--conf need --engine spark (the sequential engine "
         "runs every task in this process)")
 
@@ -85,7 +70,7 @@ def test_master_without_the_spark_engine(run_uri: str, tmp_path: Path,
 def test_missing_output_bucket(run_uri: str, s3_endpoint: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _build(capsys, run_uri, "s3://no-such-index-bucket/ix")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         "cbir build-index: error: output s3://no-such-index-bucket/ix: bucket does not exist")
 
 
@@ -93,7 +78,7 @@ def test_run_with_zero_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     emb = str(tmp_path / "empty")
     fx.write_run(emb, fx.table([], np.zeros((0, 8), np.float32)), parts=1)
     rc, _, err = _build(capsys, emb, str(tmp_path / "ix"))
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         f"cbir build-index: error: the embeddings run {emb} holds 0 images: nothing to index "
         "(did the backfill read the right bucket and prefix?)")
 
@@ -104,7 +89,7 @@ def test_unreachable_master_fails_in_seconds(run_uri: str, tmp_path: Path,
     start = time.monotonic()
     rc, _, err = _build(capsys, run_uri, str(tmp_path / "ix"), "--engine", "spark",
                         "--master", master)
-    assert rc == 2 and f"cannot reach the Spark master {master}" in _one_line(err)
+    assert rc == 2 and f"cannot reach the Spark master {master}" in one_line(err)
     assert time.monotonic() - start < 10 and not (tmp_path / "ix").exists()
 
 
@@ -114,18 +99,18 @@ def test_unwritable_output(run_uri: str, tmp_path: Path,
     blocker.write_text("x")
     rc, _, err = _build(capsys, run_uri, str(blocker / "ix"))
     assert rc == 2
-    assert _one_line(err).startswith(f"cbir build-index: error: output {blocker / 'ix'} is "
+    assert one_line(err).startswith(f"cbir build-index: error: output {blocker / 'ix'} is "
                                      "not writable: ")
 
 
 def test_index_pointer_in_a_missing_bucket(s3_endpoint: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = _cli(capsys, "index-pointer", "set", "s3://no-such-pointer-bucket/CURRENT",
+    rc, _, err = run_cli(capsys, "index-pointer", "set", "s3://no-such-pointer-bucket/CURRENT",
                       "--to", "s3://x/v1", "--no-check")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         "cbir index-pointer: error: writing s3://no-such-pointer-bucket/CURRENT: bucket does "
         "not exist")
-    rc, _, err = _cli(capsys, "index-pointer", "get", "s3://no-such-pointer-bucket/CURRENT")
-    assert rc == 2 and _one_line(err) == (
+    rc, _, err = run_cli(capsys, "index-pointer", "get", "s3://no-such-pointer-bucket/CURRENT")
+    assert rc == 2 and one_line(err) == (
         "cbir index-pointer: error: reading s3://no-such-pointer-bucket/CURRENT: bucket does "
         "not exist")

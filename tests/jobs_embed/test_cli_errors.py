@@ -14,26 +14,15 @@ from pathlib import Path
 import pytest
 
 from cbir import storage
-from cbir.cli import main
 from cbir.errors import InvalidArgument
+from tests.cli_capture import one_line, run_cli
 from tests.conftest import free_port
 from tests.jobs_embed.conftest import ImageBucket, config_for
 from tests.jobs_embed.helpers import read_manifest
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        rc = main(["backfill", *args])
-    except SystemExit as exc:  # argparse refuses the arguments
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
+    return run_cli(capsys, "backfill", *args)
 
 
 def test_flag_defaults_are_the_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,7 +53,7 @@ def test_missing_bucket(s3_endpoint: str, tmp_path: Path,
     rc, _, err = _cli(capsys, "--input", "s3://no-such-bucket-xyz/imgs", "--output",
                       str(tmp_path), "--engine", "sequential")
     assert rc == 2
-    assert _one_line(err) == (
+    assert one_line(err) == (
         "cbir backfill: error: listing s3://no-such-bucket-xyz/imgs: bucket does not exist")
 
 
@@ -90,7 +79,7 @@ def test_invalid_values_are_refused_by_the_parser(
 ) -> None:
     rc, _, err = _cli(capsys, "--input", "s3://b/p", "--output", str(tmp_path / "out"),
                       flag, value)
-    assert rc == 2 and says in _one_line(err) and _one_line(err).startswith("cbir backfill")
+    assert rc == 2 and says in one_line(err) and one_line(err).startswith("cbir backfill")
     assert not (tmp_path / "out").exists()  # refused before anything was touched
 
 
@@ -116,7 +105,7 @@ def test_empty_input_is_an_error_unless_allowed(
     typo = f"s3://{image_bucket.bucket}/photoz"
     rc, _, err = _cli(capsys, "--input", typo, "--output", str(tmp_path / "a"),
                       "--engine", "sequential")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         f"cbir backfill: error: no objects under {typo}: check the bucket and prefix "
         "(pass --allow-empty to accept an empty input)")
     rc, out, _ = _cli(capsys, "--input", typo, "--output", str(tmp_path / "b"),
@@ -157,7 +146,7 @@ def test_endpoint_that_is_not_s3(web_server: str, tmp_path: Path,
     monkeypatch.setenv("AWS_ENDPOINT_URL", web_server)
     rc, _, err = _cli(capsys, "--input", "s3://b/p", "--output", str(tmp_path),
                       "--engine", "sequential")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         f"cbir backfill: error: listing s3://b/p: {web_server} did not answer like S3: is "
         "AWS_ENDPOINT_URL an S3 endpoint?")
 
@@ -167,7 +156,7 @@ def test_endpoint_without_scheme(tmp_path: Path, capsys: pytest.CaptureFixture[s
     monkeypatch.setenv("AWS_ENDPOINT_URL", "127.0.0.1:9000")
     rc, _, err = _cli(capsys, "--input", "s3://b/p", "--output", str(tmp_path),
                       "--engine", "sequential")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         "cbir backfill: error: AWS_ENDPOINT_URL='127.0.0.1:9000' is not a URL: give the "
         "scheme, e.g. http://127.0.0.1:9000 or https://...")
 
@@ -179,7 +168,7 @@ def test_unreachable_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     rc, _, err = _cli(capsys, "--input", "s3://b/p", "--output", str(tmp_path),
                       "--engine", "sequential")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         f"cbir backfill: error: listing s3://b/p: cannot reach {url}: is it running and is "
         "AWS_ENDPOINT_URL right?")
 
@@ -191,7 +180,7 @@ def test_unwritable_output(image_bucket: ImageBucket, tmp_path: Path,
     rc, _, err = _cli(capsys, "--input", f"s3://{image_bucket.bucket}/photos", "--output",
                       str(blocker / "out"), "--engine", "spark", "--master", "local[1]")
     assert rc == 2
-    assert _one_line(err).startswith(f"cbir backfill: error: output {blocker / 'out'} is not "
+    assert one_line(err).startswith(f"cbir backfill: error: output {blocker / 'out'} is not "
                                      "writable: ")
 
 
@@ -201,11 +190,11 @@ def test_missing_output_bucket_and_output_at_input_root(
     src = f"s3://{image_bucket.bucket}/photos"
     rc, _, err = _cli(capsys, "--input", src, "--output", "s3://no-such-out-bucket/e",
                       "--engine", "sequential")
-    assert rc == 2 and _one_line(err) == (
+    assert rc == 2 and one_line(err) == (
         "cbir backfill: error: output s3://no-such-out-bucket/e: bucket does not exist")
     rc, _, err = _cli(capsys, "--input", src, "--output", f"s3://{image_bucket.bucket}",
                       "--engine", "sequential")
-    assert rc == 2 and "must not be the root of the input bucket" in _one_line(err)
+    assert rc == 2 and "must not be the root of the input bucket" in one_line(err)
 
 
 @pytest.mark.parametrize(("master", "says"), [
@@ -224,7 +213,7 @@ def test_wrong_or_unreachable_master_fails_in_seconds(
     rc, _, err = _cli(capsys, "--input", f"s3://{image_bucket.bucket}/photos", "--output",
                       str(tmp_path / "out"), "--engine", "spark",
                       "--master", master.format(port=port))
-    assert rc == 2 and says.format(port=port) in _one_line(err)
+    assert rc == 2 and says.format(port=port) in one_line(err)
     assert time.monotonic() - start < 10
 
 
@@ -235,7 +224,7 @@ def test_java_missing(image_bucket: ImageBucket, tmp_path: Path,
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))
     rc, _, err = _cli(capsys, "--input", f"s3://{image_bucket.bucket}/photos",
                       "--output", str(tmp_path / "out"), "--engine", "spark")
-    assert rc == 2 and "Java was not found" in _one_line(err)
+    assert rc == 2 and "Java was not found" in one_line(err)
 
 
 def test_cli_success_prints_summary(image_bucket: ImageBucket, tmp_path: Path,
