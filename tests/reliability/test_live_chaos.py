@@ -12,15 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cbir.client import CoordinatorClient, UpsertSpec
 from cbir.ids import image_id, shard_of
-from tests.reliability.cluster import ROOT, SHARDS, ShardProcess, Version, start_replicas
+from tests.reliability.cluster import ROOT, SHARDS, ShardProcess
 from tests.reliability.test_live_index import eventually, replica_top_k, vec
 
 RUN_S = 12.0
@@ -56,20 +54,6 @@ class CoordinatorProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
-
-
-@pytest.fixture
-def cluster(glove_v1: Version, bucket: str, tmp_path: Path
-            ) -> Iterator[tuple[list[list[ShardProcess]], str]]:
-    wal = f"s3://{bucket}/wal"
-    replicas = start_replicas(lambda s: ShardProcess(
-        s, ["--index", glove_v1.root], tmp_path, ["--wal", wal, "--wal-interval", "0.2"]))
-    try:
-        yield replicas, wal
-    finally:
-        for row in replicas:
-            for r in row:
-                r.stop()
 
 
 def _ready(client: CoordinatorClient) -> bool:
@@ -146,9 +130,9 @@ class Load:
         return True
 
 
-def test_chaos_writes_and_queries(cluster: tuple[list[list[ShardProcess]], str],
+def test_chaos_writes_and_queries(live_cluster: tuple[list[list[ShardProcess]], str],
                                   tmp_path: Path) -> None:
-    replicas, wal = cluster
+    replicas, wal = live_cluster
     topology = tmp_path / "topology.json"
     topology.write_text(json.dumps(
         {"shards": {str(s): [r.address for r in row] for s, row in enumerate(replicas)}}))

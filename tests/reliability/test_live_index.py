@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 
 from cbir.client import CoordinatorClient, UpsertSpec
 from cbir.ids import image_id, shard_of
@@ -23,7 +21,6 @@ from tests.reliability.cluster import (
     Coordinator,
     ShardProcess,
     Version,
-    start_replicas,
 )
 
 K = 10
@@ -98,23 +95,9 @@ def vec(seed: int) -> np.ndarray:
     return fx.random_vectors(1, DIM, seed)[0].astype(np.float32)
 
 
-@pytest.fixture
-def cluster(glove_v1: Version, bucket: str, tmp_path: Path
-            ) -> Iterator[tuple[list[list[ShardProcess]], str]]:
-    wal = f"s3://{bucket}/wal"
-    replicas = start_replicas(lambda s: ShardProcess(
-        s, ["--index", glove_v1.root], tmp_path, ["--wal", wal, "--wal-interval", "0.2"]))
-    try:
-        yield replicas, wal
-    finally:
-        for row in replicas:
-            for r in row:
-                r.stop()
-
-
 def test_upsert_delete_replace_visible_on_every_replica(
-        cluster: tuple[list[list[ShardProcess]], str], glove_v1: Version) -> None:
-    replicas, wal = cluster
+        live_cluster: tuple[list[list[ShardProcess]], str], glove_v1: Version) -> None:
+    replicas, wal = live_cluster
     coordinator = Coordinator(replicas, wal=wal)
     expected = Expected.of(glove_v1)
     base_keys = fx.keys_for(len(glove_v1.ids))
@@ -158,8 +141,8 @@ def test_upsert_delete_replace_visible_on_every_replica(
 
 
 def test_killed_replica_catches_up_to_its_peer(
-        cluster: tuple[list[list[ShardProcess]], str], glove_v1: Version) -> None:
-    replicas, wal = cluster
+        live_cluster: tuple[list[list[ShardProcess]], str], glove_v1: Version) -> None:
+    replicas, wal = live_cluster
     coordinator = Coordinator(replicas, wal=wal)
     expected = Expected.of(glove_v1)
     victim = replicas[0][1]
@@ -186,8 +169,8 @@ def test_killed_replica_catches_up_to_its_peer(
 
 
 def test_two_coordinators_writing_at_once_converge(
-        cluster: tuple[list[list[ShardProcess]], str], glove_v1: Version) -> None:
-    replicas, wal = cluster
+        live_cluster: tuple[list[list[ShardProcess]], str], glove_v1: Version) -> None:
+    replicas, wal = live_cluster
     coordinators = [Coordinator(replicas, wal=wal) for _ in range(2)]
     expected = Expected.of(glove_v1)
     # Both write the same keys (different vectors): the log's order decides who wins.
