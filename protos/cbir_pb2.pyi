@@ -93,7 +93,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "metadata_columns", "applied_seq")
+    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "metadata_columns", "applied_seq", "worker_pid")
     class SearchParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class StatsResponse(_message.Message):
     POINTER_TARGET_FIELD_NUMBER: _ClassVar[int]
     METADATA_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_shards: int
     count: int
@@ -137,7 +138,8 @@ class StatsResponse(_message.Message):
     pointer_target: str
     metadata_columns: _containers.RepeatedCompositeFieldContainer[MetadataColumn]
     applied_seq: int
-    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+    worker_pid: int
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., applied_seq: _Optional[int] = ..., worker_pid: _Optional[int] = ...) -> None: ...
 
 class MetadataColumn(_message.Message):
     __slots__ = ("name", "type")

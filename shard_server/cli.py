@@ -49,8 +49,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure(build(LogOptions, args).log_format)
+    log_format = build(LogOptions, args).log_format
+    configure(log_format)
     config = config_from_args(args)
     if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
-        check_can_listen(config.host, config.metrics_port)
-    return main_async(config)
+        for worker in range(config.workers):  # worker i: metrics_port + i
+            check_can_listen(config.host, config.metrics_port + worker)
+    return main_async(config, log_format)

@@ -13,7 +13,11 @@ Lifecycle: bind and start reporting NOT_SERVING -> load and verify the index off
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -27,6 +31,7 @@ from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.logs import safe_text
 from cbir.rpc.security import ServerSecurity, server_credentials
 from cbir.rpc.serving import Serving
+from cbir.workers import LogSetup, WorkerLink, reserve_port, supervise, workers_option
 from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.admin import IndexPolicy
 from shard_server.metrics import ShardMetrics
@@ -73,6 +78,10 @@ class ServerConfig:
         "", metavar="URI",
         help="LoadIndex and pointer targets must lie under this root "
              "(default: the folder holding --index or --index-pointer)")
+    workers: int = workers_option()
+    # Set in each worker of a --workers N server (never on the command line): the port is
+    # shared (SO_REUSEPORT) and metrics go to metrics_port + worker_index.
+    worker_index: int | None = None
 
 
 class ShardServer:
@@ -107,7 +116,7 @@ class ShardServer:
                                        limit=security.failure_limit, method_roles=roles)
         self.guards.append(guard)
         serving = Serving([SERVICE_NAME], limits=self.config.searcher.limits,
-                          interceptors=[guard])
+                          interceptors=[guard], reuse_port=self.config.worker_index is not None)
         cbir_pb2_grpc.add_ShardServicer_to_server(servicer, serving.server)
         return serving
 
@@ -127,7 +136,8 @@ class ShardServer:
             await self.admin.start()
             log.info("admin port listening on %s:%d", ADMIN_HOST, self.admin_port)
         if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port, self.config.host)
+            self.metrics.serve(self.config.metrics_port + (self.config.worker_index or 0),
+                               self.config.host)
         log.info("shard %d listening on %s:%d (tls=%s, tokens=%s, index roots=%s)",
                  self.config.searcher.shard, self.config.host, self.port, tls is not None,
                  self.config.security.auth is not None, ", ".join(self.policy.allowed_roots))
@@ -303,6 +313,60 @@ def serve_in_thread(config: ServerConfig, load: bool = True) -> Iterator[Threade
         server.stop()
 
 
-def main_async(config: ServerConfig) -> int:
+def main_async(config: ServerConfig, log_format: str = "text") -> int:
+    if config.workers > 1:
+        return serve_workers(config, log_format)
     asyncio.run(serve(config))
     return 0
+
+
+def run_worker(config: ServerConfig, link: WorkerLink) -> None:
+    """One worker of a ``--workers N`` server (in its own process)."""
+    asyncio.run(_serve_worker(dataclasses.replace(config, worker_index=link.index), link))
+
+
+async def _serve_worker(config: ServerConfig, link: WorkerLink) -> None:
+    """Load first, then join the shared port: a connection never lands on a worker that cannot
+    answer yet (a restarted one included). Drains on SIGTERM like the single process."""
+    server = ShardServer(config)
+    stop = asyncio.Event()
+    server.serving.install_signal_handlers(stop)
+    try:
+        await server.load()
+        await server.start(load=False)
+        await server.set_serving(True)
+    except BaseException:
+        await server.stop(0)
+        raise
+    link.ready()
+    await stop.wait()
+    log.info("worker %d draining (up to %.1fs)", link.index, config.drain_s)
+    await server.stop()
+
+
+def serve_workers(config: ServerConfig, log_format: str) -> int:
+    """The parent of ``config.workers`` workers: reserves the ports (port 0 -> one port for
+    all), shares one index cache directory, announces the ports as the single process does."""
+    public = reserve_port(config.host, config.port)
+    admin = reserve_port(ADMIN_HOST, config.admin_port) \
+        if config.admin_port is not None else None
+    own_cache = not config.searcher.index_cache_dir
+    cache = config.searcher.index_cache_dir or tempfile.mkdtemp(prefix="cbir-index-")
+    worker = dataclasses.replace(
+        config, port=public.getsockname()[1],
+        admin_port=admin.getsockname()[1] if admin is not None else None,
+        searcher=dataclasses.replace(config.searcher, index_cache_dir=cache))
+    print(f"listening on {config.host}:{worker.port}", flush=True)
+    if admin is not None:
+        print(f"admin listening on {ADMIN_HOST}:{worker.admin_port}", flush=True)
+    log.info("shard %d: %d workers on port %d, index files in %s (pid %d)",
+             config.searcher.shard, config.workers, worker.port, cache, os.getpid())
+    try:
+        return supervise("cbir serve-shard", config.workers, run_worker, (worker,),
+                         LogSetup.of_parent(log_format), config.drain_s)
+    finally:
+        public.close()
+        if admin is not None:
+            admin.close()
+        if own_cache:
+            shutil.rmtree(cache, ignore_errors=True)

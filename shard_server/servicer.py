@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -127,6 +128,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             held_versions=self.searcher.store.held_versions(),
             index_uri=loaded.uri, index_pointer=self.policy.index_pointer or "",
             pointer_target=self.pointer_target(), applied_seq=view.applied_seq,
+            worker_pid=os.getpid(),
             metadata_columns=[cbir_pb2.MetadataColumn(name=f.name, type=str(f.type))
                               for f in schema_of(loaded)],
         )
