@@ -63,7 +63,7 @@ def test_an_s3_version_is_downloaded_once(flat_index: BuiltIndex, bucket: str,
     second = load_shard(root, 1, Expectations(), cache)
     assert second.version == first.version and second.manifest.count == first.manifest.count
     np.testing.assert_array_equal(second.ids, first.ids)
-    with pytest.raises(Exception, match="index.faiss"):  # without the cache it is really gone
+    with pytest.raises(Exception, match=r"index\.faiss"):  # without the cache it is really gone
         load_shard(root, 1, Expectations(), "")
 
 
