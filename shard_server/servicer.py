@@ -70,11 +70,13 @@ def observed(name: str) -> Callable[[Method[R]], Method[R]]:
 
 class ShardServicer(cbir_pb2_grpc.ShardServicer):
     def __init__(self, searcher: ShardSearcher, metrics: ShardMetrics, policy: IndexPolicy,
-                 pointer_target: Callable[[], str] = lambda: "") -> None:
+                 pointer_target: Callable[[], str] = lambda: "",
+                 loaded: Callable[[str], None] = lambda uri: None) -> None:
         self.searcher = searcher
         self.metrics = metrics
         self.policy = policy
         self.pointer_target = pointer_target  # the pointer's content at its last read
+        self.loaded = loaded  # told the URI a LoadIndex swapped in (workers pass it on)
 
     @grpc_errors
     @observed("Search")
@@ -153,6 +155,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             self.metrics.load_failed("rpc")
             raise
         self.metrics.index_loaded(new, "rpc")
+        self.loaded(new.uri)
         return cbir_pb2.LoadIndexResponse(
             swapped=True,
             index_version=new.version,

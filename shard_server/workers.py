@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from cbir.workers import LogSetup, WorkerLink, reserve_port, supervise
 from shard_server.server import ADMIN_HOST, ServerConfig, ShardServer
@@ -56,7 +57,8 @@ def serve_workers(config: ServerConfig, log_format: str) -> int:
     worker = dataclasses.replace(
         config, port=public.getsockname()[1],
         admin_port=admin.getsockname()[1] if admin is not None else None,
-        searcher=dataclasses.replace(config.searcher, index_cache_dir=cache))
+        searcher=dataclasses.replace(config.searcher, index_cache_dir=cache),
+        sibling_target=str(Path(tempfile.mkdtemp(prefix="cbir-workers-")) / "loaded-index"))
     print(f"listening on {config.host}:{worker.port}", flush=True)
     if admin is not None:
         print(f"admin listening on {ADMIN_HOST}:{worker.admin_port}", flush=True)
@@ -71,3 +73,4 @@ def serve_workers(config: ServerConfig, log_format: str) -> int:
             admin.close()
         if own_cache:
             shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(Path(worker.sibling_target).parent, ignore_errors=True)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -148,3 +148,40 @@ def test_zero_workers_is_refused_with_exit_2(flat_index: BuiltIndex, how: str) -
     assert proc.returncode == 2
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and "must be > 0" in lines[0], err
+
+
+def _versions(address: str, n: int = 8) -> dict[int, str]:
+    replies = [_call(address, "Stats", cbir_pb2.StatsRequest()) for _ in range(n)]
+    return {int(r.worker_pid): str(r.index_version) for r in replies}  # type: ignore[attr-defined]
+
+
+def _until(what: str, predicate: Callable[[], bool], timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+def test_load_index_on_one_worker_reaches_every_worker(flat_index: BuiltIndex,
+                                                       flat_index_v2: BuiltIndex) -> None:
+    """LoadIndex on the (shared) admin port lands on one worker; the others follow within a
+    poll, and a worker started later (after a SIGKILL) serves the loaded version too."""
+    root = str(Path(flat_index.root).parent.parent)  # both versions lie under pytest's base
+    proc = _spawn("--index", flat_index.root, "--shard", "0", "--port", "0", "--workers", "2",
+                  "--admin-port", "0", "--allowed-index-root", root, "--drain-seconds", "0")
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip().split(" ")[-1]
+        admin = proc.stdout.readline().strip().split(" ")[-1]
+        wait_serving(address, timeout_s=90)
+        _until("two workers", lambda: len(_versions(address)) == 2)
+        reply = _call(admin, "LoadIndex", cbir_pb2.LoadIndexRequest(index_uri=flat_index_v2.root))
+        assert reply.index_version == flat_index_v2.version  # type: ignore[attr-defined]
+        _until("every worker on v2", lambda: set(_versions(address, 12).values())
+               == {flat_index_v2.version} and len(_versions(address)) == 2, 30)
+        victim = min(_versions(address))
+        os.kill(victim, signal.SIGKILL)
+        _until("a replacement on v2", lambda: victim not in (v := _versions(address, 12))
+               and len(v) == 2 and set(v.values()) == {flat_index_v2.version})
+    finally:
+        _stop(proc)
