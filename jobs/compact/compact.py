@@ -152,6 +152,23 @@ def _check_model(entry: LogEntry, manifest: IndexManifest) -> None:
 
 
 @dataclass(frozen=True)
+class LogChanges:
+    entries: int
+    changes: fold.Changes
+
+
+def read_changes(config: CompactConfig, start: Start) -> LogChanges:
+    """The log range ``(folded, head]`` of every shard, last write per id (read before any
+    work: a missing or unreadable entry fails compaction up front)."""
+    entries = 0
+    final: dict[int, Operation] = {}
+    for entry in _entries(config, start):
+        entries += 1
+        final.update(fold.last_writes([entry]))
+    return LogChanges(entries, fold.Changes.of(final))
+
+
+@dataclass(frozen=True)
 class FoldStats:
     entries: int
     upserts: int
@@ -160,22 +177,16 @@ class FoldStats:
     rows: int  # rows of the snapshot
 
 
-def fold_snapshot(config: CompactConfig, start: Start, snapshot: str,
+def fold_snapshot(config: CompactConfig, start: Start, log_changes: LogChanges, snapshot: str,
                   show_progress: bool) -> FoldStats:
     """The base run + the log range as a new embeddings run at ``snapshot`` (manifest last)."""
     base_uri = start.manifest.embeddings
     base = embeddings_run.read_embed_manifest(base_uri)
-    entries: list[int] = []
-    final: dict[int, Operation] = {}
-    for entry in _entries(config, start):
-        entries.append(entry.seq)
-        final.update(fold.last_writes([entry]))
-    changes = fold.Changes.of(final)
-    _say(show_progress, f"{len(entries)} log entries: {len(changes.upserts)} ids upserted, "
-         f"{changes.deletes} deleted; folding {base_uri}")
+    changes = log_changes.changes
     dataset = embeddings_run.open_dataset(base_uri, base.dim)
     tasks = [fold.FoldTask(base_uri, path, storage.join(snapshot, _name(path)))
              for path in sorted(dataset.files)]
+    _say(show_progress, f"folding {len(tasks)} parts of {base_uri} into {snapshot}")
     with Progress(len(tasks), "part", "compact", enabled=show_progress) as progress:
         parts = [f.result for f in engines.run(tasks, fold.fold_part, config.engine,
                                                changes.touched, progress=progress)]
@@ -184,7 +195,7 @@ def fold_snapshot(config: CompactConfig, start: Start, snapshot: str,
                                       start.manifest.num_shards, snapshot, start.run_id))
     write_manifest(storage.join(snapshot, EMBED_MANIFEST),
                    _snapshot_manifest(base, written, config, start))
-    return FoldStats(len(entries), len(changes.upserts), changes.deletes,
+    return FoldStats(log_changes.entries, len(changes.upserts), changes.deletes,
                      sum(p.dropped for p in parts), sum(written.values()))
 
 
@@ -230,25 +241,34 @@ def check(config: CompactConfig) -> None:
     storage.check_writable(config.output)
 
 
+def _fold_once(config: CompactConfig, start: Start, snapshot: str,
+               show_progress: bool) -> FoldStats | None:
+    """The snapshot, unless a previous run at the same positions committed it (None)."""
+    if storage.exists(storage.join(snapshot, EMBED_MANIFEST)):
+        _say(show_progress, f"reusing the committed snapshot {snapshot}")
+        return None
+    log_changes = read_changes(config, start)
+    changes = log_changes.changes
+    _say(show_progress, f"{start.target}: log positions {list(start.folded)} -> "
+         f"{list(start.heads)}: {log_changes.entries} entries, {len(changes.upserts)} ids "
+         f"upserted, {changes.deletes} deleted")
+    return fold_snapshot(config, start, log_changes, snapshot, show_progress)
+
+
 def compact(config: CompactConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run the whole compaction; returns a summary (what the CLI prints as JSON)."""
     check(config)
     start = read_start(config)
     summary: dict[str, Any] = {"index_pointer": config.index_pointer, "previous": start.target,
                                "wal_seq_from": list(start.folded), "wal_seq": list(start.heads)}
-    _say(show_progress, f"{start.target}: log positions {list(start.folded)} -> heads "
-         f"{list(start.heads)}")
     if start.heads == start.folded:
-        _say(show_progress, "the log holds nothing after the version: nothing to compact")
+        _say(show_progress, f"{start.target} holds the whole log (positions "
+             f"{list(start.heads)}): nothing to compact")
         return {**summary, "compacted": False}
     root = storage.join(config.output, start.run_id)
     snapshot, index = storage.join(root, "embeddings"), storage.join(root, "index")
-    stats = None
-    if storage.exists(storage.join(snapshot, EMBED_MANIFEST)):
-        _say(show_progress, f"reusing the committed snapshot {snapshot}")
-    else:
-        stats = fold_snapshot(config, start, snapshot, show_progress)
-    _say(show_progress, f"building {index} from {snapshot}")
+    stats = _fold_once(config, start, snapshot, show_progress)
+    _say(show_progress, f"building {index}")
     top = build_index(build_config(config, start, snapshot, index), show_progress)
     assert top is not None  # every shard is built by this process
     flip(config, start, index)
