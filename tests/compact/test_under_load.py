@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -89,6 +91,20 @@ def _state_at(base: State, load: WriteAndQueryLoad, positions: list[int]) -> Sta
     return state
 
 
+def _check_version(index: str, base: State, load: WriteAndQueryLoad) -> list[int]:
+    """The version holds the acknowledged state at its recorded positions, exactly; returns
+    those positions."""
+    folded = [read_manifest(index_layout.shard_file(index, s, INDEX_MANIFEST),
+                            ShardManifest).wal_seq for s in range(SHARDS)]
+    at_fold = _state_at(base, load, folded)
+    holds = served(index)
+    assert sorted(holds) == sorted(at_fold.live)
+    for i, (key, vector) in at_fold.live.items():
+        assert holds[i][0] == key
+        np.testing.assert_allclose(holds[i][1], vector, atol=1e-6)
+    return folded
+
+
 def _check_replica(replica: ShardProcess, shard: int, state: State,
                    deleted: set[int], queries: np.ndarray) -> int:
     """Exactly ``state`` on this replica; returns how many answers were compared."""
@@ -118,7 +134,19 @@ def _check_replica(replica: ShardProcess, shard: int, state: State,
     return compared
 
 
-def test_compaction_under_load(bucket: str, tmp_path: Path) -> None:
+@dataclass
+class Cluster:
+    root: str
+    pointer: str
+    wal: str
+    base: State
+    replicas: list[list[ShardProcess]]
+    coordinator: Coordinator
+
+
+@pytest.fixture
+def cluster(bucket: str, tmp_path: Path) -> Iterator[Cluster]:
+    """2 shards x 2 replicas following an index pointer and a log on S3, and a coordinator."""
     root = f"s3://{bucket}"
     version, base = _base(root)
     pointer, wal = f"{root}/indexes/CURRENT", f"{root}/wal"
@@ -127,51 +155,46 @@ def test_compaction_under_load(bucket: str, tmp_path: Path) -> None:
     replicas = start_replicas(lambda s: ShardProcess(
         s, source, tmp_path, ["--wal", wal, "--wal-interval", "0.2"]))
     coordinator = Coordinator(replicas, wal=wal)
-    fresh = fx.glove(4000, offset=N + 1000)
     try:
-        with WriteAndQueryLoad(coordinator.port, base, fresh) as load:
-            load.wait_writes(40)  # a log to fold
-            proc = _compact_cli(pointer, wal, f"{root}/indexes/compacted",
-                                tmp_path / "compact.log")
-            out, _ = proc.communicate(timeout=300)
-            compacted_at = time.monotonic()
-            assert proc.returncode == 0, (tmp_path / "compact.log").read_text()
-            index = read_pointer(pointer)
-            _wait(lambda: all(_stats(r).index_uri == index for row in replicas for r in row),
-                  "every replica to roll to the compacted version")
-            writes_before_roll = len(load.acked)
-            load.wait_writes(writes_before_roll + 30)  # writes on top of the new version
-        counts = load.counts
-        heads = [ShardLog(wal, s).last_seq() for s in range(SHARDS)]
-        _wait(lambda: _rolled(replicas, index, heads), "every replica to apply the whole log")
-        folded = [read_manifest(index_layout.shard_file(index, s, INDEX_MANIFEST),
-                                ShardManifest).wal_seq for s in range(SHARDS)]
-        # The version holds the acknowledged state at its recorded positions, exactly.
-        at_fold = _state_at(base, load, folded)
-        holds = served(index)
-        assert sorted(holds) == sorted(at_fold.live)
-        for i, (key, vector) in at_fold.live.items():
-            assert holds[i][0] == key
-            np.testing.assert_allclose(holds[i][1], vector, atol=1e-6)
-        after = [w for w in load.acked if w.seq > folded[w.shard]]
-        during = [w for w in after if w.at <= compacted_at]
-        assert during, "no write arrived while compaction ran: the test proved nothing"
-        queries = np.stack([v for _, v in list(load.state.live.values())[-60:]])
-        compared = sum(_check_replica(r, s, load.state, load.deleted, queries)
-                       for s, row in enumerate(replicas) for r in row)
-        live = len(load.state.live)
-        print(f"\ncompaction under load: {len(load.acked)} writes acknowledged "
-              f"({counts.upserts} new, {counts.replaces} replaced, {counts.deletes} deleted, "
-              f"{counts.write_retries} retries); folded up to {folded}, {len(after)} after "
-              f"({len(during)} while compact ran); {live} live ids present once on every "
-              f"replica, 0 lost, 0 deleted returned; {compared} answers equal to brute force; "
-              f"{counts.queries} queries, {counts.failed_queries} failed, {counts.partial} "
-              f"partial")
-        assert counts.failed_queries == 0 and counts.partial == 0, counts.errors[:5]
-        assert counts.queries >= 50 and compared >= 50
-        assert '"compacted": true' in out
+        yield Cluster(root, pointer, wal, base, replicas, coordinator)
     finally:
         coordinator.close()
         for row in replicas:
             for r in row:
                 r.stop()
+
+
+def test_compaction_under_load(cluster: Cluster, tmp_path: Path) -> None:
+    replicas, pointer, wal = cluster.replicas, cluster.pointer, cluster.wal
+    fresh = fx.glove(4000, offset=N + 1000)
+    with WriteAndQueryLoad(cluster.coordinator.port, cluster.base, fresh) as load:
+        load.wait_writes(40)  # a log to fold
+        proc = _compact_cli(pointer, wal, f"{cluster.root}/indexes/compacted",
+                            tmp_path / "compact.log")
+        out, _ = proc.communicate(timeout=300)
+        compacted_at = time.monotonic()
+        assert proc.returncode == 0, (tmp_path / "compact.log").read_text()
+        assert '"compacted": true' in out
+        index = read_pointer(pointer)
+        _wait(lambda: all(_stats(r).index_uri == index for row in replicas for r in row),
+              "every replica to roll to the compacted version")
+        load.wait_writes(len(load.acked) + 30)  # writes on top of the new version
+    counts = load.counts
+    heads = [ShardLog(wal, s).last_seq() for s in range(SHARDS)]
+    _wait(lambda: _rolled(replicas, index, heads), "every replica to apply the whole log")
+    folded = _check_version(index, cluster.base, load)
+    after = [w for w in load.acked if w.seq > folded[w.shard]]
+    during = [w for w in after if w.at <= compacted_at]
+    assert during, "no write arrived while compaction ran: the test proved nothing"
+    queries = np.stack([v for _, v in list(load.state.live.values())[-60:]])
+    compared = sum(_check_replica(r, s, load.state, load.deleted, queries)
+                   for s, row in enumerate(replicas) for r in row)
+    print(f"\ncompaction under load: {len(load.acked)} writes acknowledged "
+          f"({counts.upserts} new, {counts.replaces} replaced, {counts.deletes} deleted, "
+          f"{counts.write_retries} retries); folded up to {folded}, {len(after)} after "
+          f"({len(during)} while compact ran); {len(load.state.live)} live ids present once "
+          f"on every replica, 0 lost, 0 deleted returned; {compared} answers equal to brute "
+          f"force; {counts.queries} queries, {counts.failed_queries} failed, {counts.partial} "
+          f"partial")
+    assert counts.failed_queries == 0 and counts.partial == 0, counts.errors[:5]
+    assert counts.queries >= 50 and compared >= 50
