@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from cbir import storage
+from cbir.errors import FailedPrecondition
 from cbir.ids import image_id
 from cbir.index_pointer import read_pointer
-from cbir.schema import EMBED_MANIFEST, EmbedManifest, read_manifest
-from cbir.wal import LogEntry
+from cbir.schema import EMBED_MANIFEST, EmbedManifest, backfill_schema, read_manifest
+from cbir.wal import LogEntry, Upsert
 from jobs.compact import fold
 from jobs.compact.compact import CompactConfig, compact
 from tests.build_index import fixtures as fx
@@ -85,3 +86,19 @@ def test_nothing_to_fold_leaves_the_pointer(live: LiveIndex) -> None:
     before = read_pointer(live.pointer)
     summary = compact(_config(live), show_progress=False)
     assert summary["compacted"] is False and read_pointer(live.pointer) == before
+
+
+def test_log_upserts_become_rows_of_the_runs_schema() -> None:
+    """Key, vector, shard and attributes from the log; the other metadata columns null; the
+    run's Parquet metadata (model, dim) kept."""
+    schema = backfill_schema(4, fx.MODEL, fx.MODEL_VERSION)
+    vector = np.array([0.5, 0.5, 0.5, 0.5], np.float32)
+    key = "s3://photos/new/x.jpg"
+    table = fold.upserts_table([Upsert(image_id(key), key, vector, {"label": "cat"})], schema, 3)
+    assert table.schema == schema and table.schema.metadata == schema.metadata
+    row = table.to_pylist()[0]
+    assert (row["image_id"], row["key"], row["shard"]) == (image_id(key), key, image_id(key) % 3)
+    assert row["embedding"] == vector.tolist() and row["attributes"] == [("label", "cat")]
+    assert row["width"] is None and row["content_type"] is None
+    with pytest.raises(FailedPrecondition, match="the index holds 4-d vectors"):
+        fold.upserts_table([Upsert(1, key, np.zeros(3, np.float32))], schema, 3)
