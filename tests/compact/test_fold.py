@@ -5,15 +5,18 @@ the run / version / pointer / log on moto's S3."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cbir import storage
-from cbir.errors import FailedPrecondition
+from cbir.errors import FailedPrecondition, InvalidArgument
 from cbir.ids import image_id
 from cbir.index_pointer import read_pointer
 from cbir.schema import EMBED_MANIFEST, EmbedManifest, backfill_schema, read_manifest
 from cbir.wal import LogEntry, Upsert
+from jobs.build_index.build import BuildConfig, build_index
 from jobs.compact import fold
 from jobs.compact.compact import CompactConfig, compact
 from tests.build_index import fixtures as fx
@@ -102,3 +105,9 @@ def test_log_upserts_become_rows_of_the_runs_schema() -> None:
     assert row["width"] is None and row["content_type"] is None
     with pytest.raises(FailedPrecondition, match="the index holds 4-d vectors"):
         fold.upserts_table([Upsert(1, key, np.zeros(3, np.float32))], schema, 3)
+
+
+def test_build_refuses_positions_for_another_shard_count(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="1 log positions for 2 shards"):
+        build_index(BuildConfig(str(tmp_path / "emb"), str(tmp_path / "ix"), 2, "Flat",
+                                wal_seqs=(1,)))
