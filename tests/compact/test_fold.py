@@ -18,7 +18,7 @@ from cbir.schema import EMBED_MANIFEST, EmbedManifest, backfill_schema, read_man
 from cbir.wal import LogEntry, Upsert
 from jobs.build_index.build import BuildConfig, build_index
 from jobs.compact import fold
-from jobs.compact.compact import CompactConfig, compact
+from jobs.compact.compact import CompactConfig, compact, flip, read_start
 from tests.build_index import fixtures as fx
 from tests.compact.helpers import (
     LiveIndex,
@@ -111,3 +111,15 @@ def test_build_refuses_positions_for_another_shard_count(tmp_path: Path) -> None
     with pytest.raises(InvalidArgument, match="1 log positions for 2 shards"):
         build_index(BuildConfig(str(tmp_path / "emb"), str(tmp_path / "ix"), 2, "Flat",
                                 wal_seqs=(1,)))
+
+
+def test_no_flip_over_a_pointer_that_moved(tmp_path: Path) -> None:
+    """Another flip during compaction wins: the compacted version is left unflipped."""
+    live = make_live_index(str(tmp_path))
+    live.write([upsert("s3://photos/new/a.jpg", 1)])
+    start = read_start(_config(live))
+    other = read_pointer(live.pointer) + "-other"
+    storage.write_bytes(live.pointer, (other + "\n").encode())
+    with pytest.raises(FailedPrecondition, match="the pointer moved"):
+        flip(_config(live), start, str(tmp_path / "new"))
+    assert read_pointer(live.pointer) == other
