@@ -91,7 +91,7 @@ def served(index_uri: str) -> dict[int, tuple[str, np.ndarray]]:
         table = pq.read_table(path, filesystem=fs)
         for i, key in zip(table.column("image_id").to_pylist(), table.column("key").to_pylist(),
                           strict=True):
-            out[int(i)] = (str(key), index.reconstruct(int(i)))
+            out[int(i)] = (str(key), np.asarray(index.reconstruct(int(i))))
         assert index.ntotal == table.num_rows
     return out
 

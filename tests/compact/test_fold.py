@@ -15,7 +15,7 @@ from cbir.errors import FailedPrecondition, InvalidArgument
 from cbir.ids import image_id
 from cbir.index_pointer import read_pointer
 from cbir.schema import EMBED_MANIFEST, EmbedManifest, backfill_schema, read_manifest
-from cbir.wal import LogEntry, Upsert
+from cbir.wal import LogEntry, Operation, Upsert
 from jobs.build_index.build import BuildConfig, build_index
 from jobs.compact import fold
 from jobs.compact.compact import CompactConfig, compact, flip, read_start
@@ -37,8 +37,9 @@ def _config(live: LiveIndex) -> CompactConfig:
 
 def test_last_write_per_id_wins_in_log_order() -> None:
     a, b, c, d, e = (f"s3://photos/img/{i:07d}.jpg" for i in range(5))
-    ops = [[upsert(a, 1), upsert(b, 2), delete(c)], [delete(a), upsert(c, 3), upsert(d, 4)],
-           [upsert(a, 5), delete(d)], [upsert(e, 6)]]
+    ops: list[list[Operation]] = [
+        [upsert(a, 1), upsert(b, 2), delete(c)], [delete(a), upsert(c, 3), upsert(d, 4)],
+        [upsert(a, 5), delete(d)], [upsert(e, 6)]]
     entries = [LogEntry(i + 1, 0, tuple(o), fx.MODEL_VERSION, 0) for i, o in enumerate(ops)]
     final = fold.last_writes(entries)
     changes = fold.Changes.of(final)
