@@ -2,12 +2,13 @@
 
 Layout: ``<root>/shard=NNN/<seq, 20 digits>.arrow``; sequence numbers start at 1 and have no
 gaps. Each entry is one immutable object holding a batch of operations (upserts: id, key,
-vector, attributes and the object's metadata; deletes: id) in an Arrow IPC stream, created
-with a conditional write (``If-None-Match: *`` on S3, an exclusive link locally). The
-conditional create is the commit: of several writers racing for the same number exactly one wins, the others learn the new tail
-and try the next number, so every shard's log has one total order however many coordinators
-write. A writer only ever claims ``tail + 1`` for a tail that exists, so entry N+1 never exists
-before entry N, and a reader that applies entries in order never skips one. A write is
+vector, attributes and the object's metadata; deletes: id) in an Arrow IPC stream, created with
+a conditional write (``If-None-Match: *`` on S3, an exclusive link locally). The conditional
+create is the commit: of several writers racing for the same number exactly one wins, the
+others learn the new tail and try the next number, so every shard's log has one total order
+however many coordinators write. A writer only ever claims ``tail + 1`` for a tail that exists,
+so entry N+1 never exists before entry N, and a reader that applies entries in order never
+skips one. A write is
 acknowledged only after its entry exists; last write per id wins in log order.
 
 The entry schema only ever grows by nullable columns (the object metadata columns came after
