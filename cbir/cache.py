@@ -20,6 +20,11 @@ from cachetools import LRUCache
 
 V = TypeVar("V")
 
+# Trailing metadata of a shard's GetVectors answer: the log position of the live state the
+# vectors came from (GetVectorsResponse has no field for it; ShardSearchResponse.applied_seq
+# carries the same for searches).
+APPLIED_SEQ_METADATA = "cbir-applied-seq"
+
 
 def digest(kind: str, payload: bytes) -> str:
     """A collision-resistant name for a query payload (``kind`` keeps vectors, images and ids

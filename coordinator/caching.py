@@ -2,10 +2,14 @@
 
 Result cache: a ``cbir.cache.AnswerKey`` names everything an answer depends on - the query (a
 digest of the vector's or the image's bytes, or the image id), k, the search params, the
-filter, the index version the query is pinned to and each shard's applied log position (0 for
-every shard until live updates land; the field is in the key so they only have to fill it in).
-An index roll changes the pinned version, hence the key: nothing is served from an older index
-and nothing expires by time. Only complete answers computed in the key's version are stored.
+filter, the index version the query is pinned to and each shard's write-ahead log position.
+A lookup uses the positions this coordinator knows (``coordinator.log_positions``: its own
+acknowledged writes, what replicas report, the log's tail); an answer is stored under the
+positions its answering replicas reported (for an image-id query, the older of that and the
+position its query vector was read at). So an answer from a lagging replica is never served
+for a newer state, an acknowledged write changes the key at once, and an index roll changes
+the pinned version: nothing is served from an older index or from before a known write, and
+nothing expires by time. Only complete answers computed in the key's version are stored.
 
 Embedding cache: image bytes -> the model's vector, keyed by the content hash, so a hot image
 costs one CNN forward pass however often it is asked for, whatever k / filter / version.
@@ -15,6 +19,7 @@ Both are ``cbir.cache.ByteBudgetCache`` LRUs (a byte budget; 0 = off), counted i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +27,7 @@ from prometheus_client import Counter
 
 from cbir.cache import AnswerKey, ByteBudgetCache, digest
 from coordinator.config import CacheConfig
+from coordinator.log_positions import LogPositions
 from coordinator.queries import IndexParams
 from coordinator.search import SearchAnswer
 
@@ -46,22 +52,24 @@ def answer_size(answer: SearchAnswer) -> int:
 
 
 class QueryCaches:
-    def __init__(self, config: CacheConfig, lookups: Counter | None = None) -> None:
+    def __init__(self, config: CacheConfig, lookups: Counter | None = None,
+                 positions: LogPositions | None = None) -> None:
         self.answers: ByteBudgetCache[SearchAnswer] = ByteBudgetCache(
             config.result_cache_bytes, answer_size)
         self.embeddings: ByteBudgetCache[np.ndarray] = ByteBudgetCache(
             config.embedding_cache_bytes, lambda v: int(v.nbytes) + ENTRY_OVERHEAD)
         self._lookups = lookups  # Prometheus counter, labels: cache, result
+        # Without a log the positions stay 0 (replicas without --wal report 0).
+        self.positions = positions
 
     def answer_key(self, query: str | None, k: int, params: IndexParams, filter_text: str,
-                   version: str | None, num_shards: int,
-                   log_positions: tuple[int, ...] | None = None) -> AnswerKey | None:
-        """The key, or None when the answer's state is unknown (no pinned version yet)."""
+                   version: str | None, num_shards: int) -> AnswerKey | None:
+        """The lookup key: the state this coordinator knows now (None = do not cache: no
+        pinned version yet, or no query)."""
         if not self.answers.enabled or version is None or query is None:
             return None
-        pairs = (("ef_search", params.ef_search), ("nprobe", params.nprobe))
-        return AnswerKey(query, k, pairs, filter_text, version,
-                         log_positions or (0,) * num_shards)
+        return AnswerKey(query, k, (("ef_search", params.ef_search), ("nprobe", params.nprobe)),
+                         filter_text, version, self.answer_positions(num_shards))
 
     def get_answer(self, key: AnswerKey | None) -> SearchAnswer | None:
         if key is None:
@@ -70,11 +78,27 @@ class QueryCaches:
         self._count("result", answer is not None)
         return answer
 
-    def put_answer(self, key: AnswerKey | None, answer: SearchAnswer) -> None:
-        """Store a complete answer computed in the key's version (answers are immutable)."""
+    def put_answer(self, key: AnswerKey | None, answer: SearchAnswer,
+                   source: tuple[int, int] | None = None) -> None:
+        """Learn the positions ``answer``'s replicas reported, and store a complete answer
+        computed in the key's version under them. ``source``: (shard, position) the query
+        vector was read at (image-id queries). Answers are immutable."""
+        if answer.log_positions and self.positions is not None:
+            self.positions.learn_all(answer.log_positions)
         if key is None or answer.failed_shards or answer.index_version != key.index_version:
             return
-        self.answers.put(key, answer)
+        stored = list(answer.log_positions or key.log_positions)
+        if source is not None:
+            shard, seq = source
+            stored[shard] = min(stored[shard], seq)
+        # Positions only grow: an answer older than what is known now would never be hit.
+        if tuple(stored) != self.answer_positions(len(stored)):
+            return
+        self.answers.put(dataclasses.replace(key, log_positions=tuple(stored)), answer)
+
+    def answer_positions(self, num_shards: int) -> tuple[int, ...]:
+        """The log positions known now, one per shard."""
+        return self.positions.known if self.positions is not None else (0,) * num_shards
 
     def get_embedding(self, image: bytes) -> tuple[str, np.ndarray | None]:
         key = digest("image", image)

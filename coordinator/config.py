@@ -119,6 +119,12 @@ class CoordinatorConfig:
     wal: str = option("", metavar="URI",
                       help="write-ahead log root (path or s3://) for Upsert/Delete; the shards' "
                            "--wal must name the same (default: writes are off)")
+    # How often each shard's log is listed after its last known entry: the writes of other
+    # coordinators change this coordinator's result-cache keys at the latest this much later.
+    wal_tail_interval_s: float = option(
+        1.0, flag="--wal-tail-interval", positive=True, metavar="S",
+        help="seconds between listing the shards' logs for entries written by other "
+             "coordinators (bounds how long a cached answer can miss their writes)")
     # After a write is durable, replicas are told at once; this bounds the wait for them.
     wal_push_timeout_s: float = 0.5
     balancer: BalancerConfig = nested(BalancerConfig)
