@@ -60,6 +60,9 @@ class SearchAnswer:
     # Per shard (shard order), the log position its answer was computed at (0: none / no
     # answer); what the result cache stores the answer under.
     log_positions: tuple[int, ...] = ()
+    # Where a front end may keep its encoding of this immutable answer, so a cached answer is
+    # encoded once, not on every hit (the gRPC servicer keeps its reply message here).
+    memo: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,14 @@ def test_the_log_tail_learns_entries_written_by_others(tmp_path: Path) -> None:
     other.append([Delete(7)], "m")
     asyncio.run(tail.poll())
     assert positions.known == (0, 4)
+
+
+def test_vector_digest_is_the_same_for_a_proto_field_and_a_list_and_never_raises() -> None:
+    from protos import cbir_pb2
+
+    field = cbir_pb2.FloatVector(values=[0.5, -2.0, 3.25]).values
+    assert query_digest(None, field, None, False) == query_digest(None, [0.5, -2.0, 3.25],
+                                                                  None, False)
+    # Beyond float32: refused later by the query checks; the digest must not fail first.
+    assert query_digest(None, [3e39, 0.0], None, False) == query_digest(
+        None, [float("inf"), 0.0], None, False)
