@@ -53,7 +53,8 @@ def vector_bytes(vector: Sequence[float]) -> bytes:
     try:
         return struct.pack(f"<{len(vector)}f", *vector)
     except (OverflowError, struct.error):
-        return np.asarray(vector, "<f4").tobytes()
+        with np.errstate(over="ignore"):
+            return np.asarray(vector, "<f4").tobytes()
 
 
 def answer_size(answer: SearchAnswer) -> int:
