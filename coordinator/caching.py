@@ -58,8 +58,9 @@ def vector_bytes(vector: Sequence[float]) -> bytes:
 
 
 def answer_size(answer: SearchAnswer) -> int:
-    """About what a cached answer holds in memory (hits dominate)."""
-    return ENTRY_OVERHEAD + sum(96 + len(h.key) for h in answer.hits)
+    """About what a cached answer holds in memory (hits dominate): each hit as a Python object
+    and again in the reply message the servicer keeps with it (``SearchAnswer.memo``)."""
+    return ENTRY_OVERHEAD + sum(128 + 2 * len(h.key) for h in answer.hits)
 
 
 class QueryCaches:
