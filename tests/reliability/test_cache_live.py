@@ -12,15 +12,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 
+from cbir.cache import APPLIED_SEQ_METADATA
 from cbir.client import CoordinatorClient, Hit, UpsertSpec, WriteResult
 from cbir.errors import NotFound
-from cbir.ids import image_id
+from cbir.ids import image_id, shard_of
 from coordinator.config import CacheConfig
+from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.pointer import write_pointer
 from tests.build_index import fixtures as fx
 from tests.reliability.cluster import (
+    SHARDS,
     Coordinator,
     ShardProcess,
     Version,
@@ -133,6 +137,20 @@ class Scenario:
                          f"{label} id {key}")
 
 
+def reported_positions(replica: ShardProcess, query: np.ndarray, known_id: int
+                       ) -> tuple[int, int, int]:
+    """(Search's applied_seq, GetVectors' trailing applied seq, Stats.applied_seq)."""
+    with grpc.insecure_channel(replica.address) as channel:
+        stub = cbir_pb2_grpc.ShardStub(channel)
+        search = stub.Search(cbir_pb2.ShardSearchRequest(
+            vectors=query.astype("<f4").tobytes(), dim=len(query), k=K), timeout=10)
+        _, call = stub.GetVectors.with_call(cbir_pb2.GetVectorsRequest(image_ids=[known_id]),
+                                            timeout=10)
+        trailing = dict(call.trailing_metadata() or ())
+    return (search.applied_seq, int(trailing[APPLIED_SEQ_METADATA]),
+            replica_stats(replica).applied_seq)
+
+
 def wait_applied(replicas: list[list[ShardProcess]], results: list[WriteResult]) -> None:
     """Every replica of each written shard has applied the write (the replicas' visibility,
     which bounds what any uncached answer can show)."""
@@ -188,6 +206,12 @@ def test_cached_answers_follow_writes_through_this_and_another_coordinator(
             for rep in range(3):  # repeated identical queries: the 2nd and 3rd are cached
                 s.ask_all(f"step {n} ({through}) pass {rep}")
         hits = cached.metric("cbir_coordinator_cache_lookups_total", **HIT)
+        for shard, row in enumerate(replicas):  # what the cache keys come from
+            known = next(i for i in s.expected.live if shard_of(i, SHARDS) == shard)
+            for replica in row:
+                search_seq, vectors_seq, stats_seq = reported_positions(replica, s.queries[0],
+                                                                        known)
+                assert search_seq == vectors_seq == stats_seq > 0
     finally:
         for client in clients:
             client.close()
