@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import cluster, harness
-from bench.stream_load import StreamLoad, cache_lookups
+from bench.stream_load import Sent, StreamLoad, cache_lookups
 from cbir import storage
 from cbir.ids import image_id, shards_of
 from cbir.schema import EMBED_MANIFEST, EmbedManifest, backfill_schema, write_manifest
@@ -44,6 +44,7 @@ ZIPF_S = 1.1
 # Client processes generating the Zipf stream (bench.stream_load): one Python client process
 # costs about what a cached answer costs the coordinator, so one would cap the cache-on QPS.
 CLIENT_PROCESSES = 2
+ZIPF_CHUNKS = 6  # the stream alternates between the two coordinators in this many chunks
 SIDECAR = pa.schema([pa.field("pct", pa.int32())])
 
 
@@ -167,10 +168,11 @@ def zipf_requests(data: harness.VectorSet, ids: np.ndarray, pool: int
 
 def _zipf(off: str, on: str, metrics: str, data: harness.VectorSet, ids: np.ndarray,
           plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Zipf stream by vector, then by image id (separate keys: each starts cold), each
-    through the cache-off then the cache-on coordinator back to back (load from other work
-    drifts over minutes on a shared machine), with the cache-on side's hit rate over the
-    stream from the coordinator's own counters."""
+    """The Zipf stream by vector, then by image id (separate keys: each starts cold). Each
+    coordinator gets the whole stream in order, in ``ZIPF_CHUNKS`` consecutive chunks that
+    alternate between the cache-off and the cache-on one: load from other work drifts over
+    minutes on a shared machine, and this way both sides see the same periods. The cache-on
+    side's hit rate over the stream comes from the coordinator's own counters."""
     stream = zipf_stream(plan.pool, plan.stream)
     for address in (off, on):
         asyncio.run(_warm(address, data, ids))
@@ -178,10 +180,15 @@ def _zipf(off: str, on: str, metrics: str, data: harness.VectorSet, ids: np.ndar
     cache_on: dict[str, Any] = dict(cache_off)
     with StreamLoad(CLIENT_PROCESSES) as load:
         for kind, requests in zipf_requests(data, ids, plan.pool).items():
-            cache_off[kind] = load.run(off, requests, stream, plan.concurrency, 60.0)
+            sent = {off: Sent([], 0.0, 0), on: Sent([], 0.0, 0)}
             before = cache_lookups(metrics)
-            cache_on[kind] = load.run(on, requests, stream, plan.concurrency, 60.0)
+            for chunk in np.array_split(stream, ZIPF_CHUNKS):
+                for address in (off, on):
+                    sent[address].add(load.run(address, requests, chunk, plan.concurrency,
+                                               60.0 / ZIPF_CHUNKS))
             after = cache_lookups(metrics)
+            cache_off[kind] = sent[off].summary(CLIENT_PROCESSES)
+            cache_on[kind] = sent[on].summary(CLIENT_PROCESSES)
             hits, misses = (after[r] - before[r] for r in ("hit", "miss"))
             cache_on[kind]["hit_rate"] = round(hits / (hits + misses), 4) \
                 if hits + misses else 0.0

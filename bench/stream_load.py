@@ -87,18 +87,36 @@ class StreamLoad:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, address: str, requests: list[bytes], stream: np.ndarray, concurrency: int,
-            max_s: float) -> dict[str, Any]:
+            max_s: float) -> Sent:
         """Every item of ``stream`` once, ``concurrency`` in flight over all processes."""
-        start_at = time.time() + 2.0  # every process connected and waiting
+        start_at = time.time() + 1.0  # every process connected and waiting
         per_process = max(1, concurrency // self.processes)
         parts = [Slice(address, requests, stream[p::self.processes].tolist(), per_process,
                        start_at, max_s) for p in range(self.processes)]
         results = list(self._pool.map(drive, parts))
-        samples = [s for r in results for s in r["samples"]]
-        elapsed = max(r["ended"] for r in results) - min(r["started"] for r in results)
-        return {**harness.percentiles_ms(samples), "qps": round(len(samples) / elapsed, 1),
-                "queries": len(samples), "client_processes": self.processes,
-                "concurrency": per_process * self.processes}
+        return Sent([s for r in results for s in r["samples"]],
+                    max(r["ended"] for r in results) - min(r["started"] for r in results),
+                    per_process * self.processes)
+
+
+@dataclass
+class Sent:
+    """What one or more ``StreamLoad.run`` calls sent: latencies and the seconds it took."""
+
+    samples: list[float]
+    elapsed_s: float
+    concurrency: int
+
+    def add(self, other: Sent) -> None:
+        self.samples += other.samples
+        self.elapsed_s += other.elapsed_s
+        self.concurrency = other.concurrency
+
+    def summary(self, processes: int) -> dict[str, Any]:
+        return {**harness.percentiles_ms(self.samples),
+                "qps": round(len(self.samples) / self.elapsed_s, 1),
+                "queries": len(self.samples), "client_processes": processes,
+                "concurrency": self.concurrency}
 
 
 def cache_lookups(metrics_address: str) -> dict[str, float]:

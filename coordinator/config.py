@@ -43,8 +43,9 @@ class CacheConfig:
 
     result_cache_bytes: int = option(
         64 * 1024 * 1024, non_negative=True, metavar="BYTES",
-        help="memory for cached search answers (0 = off); keyed by the index version, so a "
-             "roll never serves an old answer")
+        help="memory for cached search answers (0 = off); keyed by the index version and "
+             "each shard's log position, so neither a roll nor a write is answered from "
+             "before it")
     embedding_cache_bytes: int = option(
         32 * 1024 * 1024, non_negative=True, metavar="BYTES",
         help="memory for embeddings of query images, by content hash (0 = off)")
