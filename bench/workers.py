@@ -4,9 +4,9 @@
     connections (each its own channel, so SO_REUSEPORT can spread them), ``CONCURRENCY`` queries
     in flight, GloVe-50d Flat, k=10; the JSON also says how many connections each worker got.
     The client runs on the same machine: on 2 cores, client and workers share them.
-(b) Memory per worker: two processes load the same shard the way two workers do, with the files
-    memory-mapped from one shared copy (``--index-cache-dir``, what ``--workers`` uses) and read
-    into each process's memory (what two single servers would cost), per factory. Figures from
+(b) Memory per worker: per factory, two processes load the same shard the way two workers do,
+    memory-mapped from one shared copy (``--index-cache-dir``, what ``--workers`` uses), while
+    two more read it into their own memory (what two single servers would cost). Figures from
     ``/proc/<pid>/smaps_rollup`` while both are alive: Pss (shared pages split between them),
     Private (pages only this process has) and Shared, in MiB.
 """
@@ -119,23 +119,26 @@ def _memory_child(index: str, cache_dir: str, queries: np.ndarray, barrier: Any,
     loaded = load_shard(index, 0, Expectations(), cache_dir)
     params = {"nprobe": 64, "ef_search": 64}  # every IVF list touched: all pages resident
     live_search(loaded.index, loaded.live.get(), queries, K, params)
-    barrier.wait()  # both loaded: now shared pages are shared
+    barrier.wait()  # all loaded: the mapped pages are shared now
     figures = _smaps()
     barrier.wait()
-    results.put(figures)
+    results.put((cache_dir, figures))
 
 
-def _pair(index: str, cache_dir: str, queries: np.ndarray) -> list[dict[str, float]]:
+def _processes(index: str, cache_dir: str, queries: np.ndarray
+               ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Two processes mapping one cached copy and two reading it into memory, all alive at once
+    (the in-memory pair maps nothing of the file, so the groups do not affect each other)."""
     ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_memory_child, args=(index, cache_dir, queries, barrier, results))
-             for _ in range(2)]
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_memory_child, args=(index, where, queries, barrier, results))
+             for where in (cache_dir, cache_dir, "", "")]
     for p in procs:
         p.start()
     figures = [results.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(60)
-    return figures
+    return ([f for where, f in figures if where], [f for where, f in figures if not where])
 
 
 def _summary(pair: list[dict[str, float]]) -> dict[str, float]:
@@ -150,11 +153,12 @@ def _summary(pair: list[dict[str, float]]) -> dict[str, float]:
 
 def measure_memory(work: Path, vectors: np.ndarray, queries: np.ndarray) -> list[dict[str, Any]]:
     rows = []
-    for factory in FACTORIES:
+    for factory in FACTORIES[:2] if harness.smoke() else FACTORIES:
         index = _build(work, vectors, factory)
         size = sum(p.stat().st_size for p in Path(index).rglob("index.faiss")) / 2**20
         cache = tempfile.mkdtemp(prefix="bench-cache-", dir=work)
-        mapped, read = _summary(_pair(index, cache, queries)), _summary(_pair(index, "", queries))
+        mapped_pair, read_pair = _processes(index, cache, queries)
+        mapped, read = _summary(mapped_pair), _summary(read_pair)
         rows.append({"factory": factory, "index_mib": round(size, 1), "mmap": mapped,
                      "in_memory": read,
                      "pss_saved_per_worker_mib": round(read["pss_mib"] - mapped["pss_mib"], 1)})
