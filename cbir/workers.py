@@ -22,6 +22,7 @@ function the servers provide (``shard_server.server.run_worker``, ``coordinator.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -41,7 +42,7 @@ from cbir.options import option
 
 log = logging.getLogger(__name__)
 
-READY = "ready"
+LOADED, GO, READY = "loaded", "go", "ready"
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # after the 1st, 2nd... death in a row
 STABLE_S = 30.0  # a worker that lived this long resets its back-off
 
@@ -75,11 +76,18 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 @dataclass
 class WorkerLink:
-    """A worker's end of its pipe to the parent: ``ready()`` once it serves. If the parent
-    dies (its end closes), the worker gets SIGTERM and drains: no orphaned servers."""
+    """A worker's end of its pipe to the parent. ``wait_go()`` once loaded: at start the parent
+    lets the workers bind only when ALL have loaded, so the first clients' connections spread
+    over every worker instead of sticking to the first one ready; ``ready()`` once serving.
+    If the parent dies (its end closes), the worker gets SIGTERM and drains: no orphans."""
 
     index: int
     conn: Connection
+    go: threading.Event = field(default_factory=threading.Event)
+
+    def wait_go(self) -> None:
+        self.conn.send((LOADED, os.getpid()))
+        self.go.wait()
 
     def ready(self) -> None:
         self.conn.send((READY, os.getpid()))
@@ -88,7 +96,8 @@ class WorkerLink:
         def wait() -> None:
             try:
                 while True:
-                    self.conn.recv()
+                    if self.conn.recv() == GO:
+                        self.go.set()
             except (EOFError, OSError):
                 os.kill(os.getpid(), signal.SIGTERM)
 
@@ -116,6 +125,7 @@ class _Slot:
     process: Any = None  # multiprocessing.Process
     conn: Connection | None = None
     started: float = 0.0
+    loaded: bool = False  # this generation is loaded and waits for GO
     served: bool = False  # reported ready at least once (any generation)
     deaths: int = 0
     restart_at: float | None = None
@@ -132,6 +142,7 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(count)]
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
+        self._all_loaded = False  # the first generation has been let in
         self.exit_code = 0
 
     def _start(self, slot: _Slot) -> None:
@@ -190,16 +201,31 @@ class Supervisor:
         except (EOFError, OSError):
             slot.conn = None  # the worker is gone; its sentinel reports it
             return
-        if kind == READY:
+        if kind == LOADED:
+            slot.loaded = True
+            self._let_in()
+        elif kind == READY:
             slot.served = True
             slot.pids.append(pid)
             log.info("worker %d (pid %d) serving", slot.index, pid)
+
+    def _let_in(self) -> None:
+        """GO to loaded workers: at start only once all are loaded; later (a restarted one)
+        at once."""
+        if not self._all_loaded and not all(s.loaded for s in self.slots):
+            return
+        self._all_loaded = True
+        for slot in self.slots:
+            if slot.loaded and slot.conn is not None:
+                slot.loaded = False
+                with contextlib.suppress(OSError):  # it just died: its sentinel says so
+                    slot.conn.send(GO)
 
     def _died(self, slot: _Slot) -> None:
         process = slot.process
         process.join()
         code = process.exitcode
-        slot.process = None
+        slot.process, slot.loaded = None, False
         if slot.conn is not None:
             slot.conn.close()
             slot.conn = None

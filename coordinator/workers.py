@@ -23,6 +23,7 @@ def run_worker(config: CoordinatorConfig, link: WorkerLink) -> None:
 
 async def _serve_worker(config: CoordinatorConfig, link: WorkerLink) -> None:
     server = CoordinatorServer(config, topology_source(config), default_embedder_factory(config))
+    await asyncio.to_thread(link.wait_go)  # all workers bind together: connections spread
     await server.start()
     link.ready()  # bound; health turns SERVING once shards and embedder are ready, as today
     await server.run_until_signal()

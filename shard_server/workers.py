@@ -35,6 +35,7 @@ async def _serve_worker(config: ServerConfig, link: WorkerLink) -> None:
     server.serving.install_signal_handlers(stop)
     try:
         await server.load()
+        await asyncio.to_thread(link.wait_go)
         await server.start(load=False)
         await server.set_serving(True)
     except BaseException:
