@@ -15,6 +15,7 @@ from cbir.rpc.logs import LogOptions, configure
 from cbir.rpc.security import add_security_arguments, server_security_from_args
 from cbir.rpc.serving import check_can_listen
 from shard_server.server import ServerConfig, main_async
+from shard_server.workers import serve_workers
 
 
 @dataclass(frozen=True)
@@ -55,4 +56,6 @@ def run(args: argparse.Namespace) -> int:
     if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
         for worker in range(config.workers):  # worker i: metrics_port + i
             check_can_listen(config.host, config.metrics_port + worker)
-    return main_async(config, log_format)
+    if config.workers > 1:
+        return serve_workers(config, log_format)
+    return main_async(config)

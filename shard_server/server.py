@@ -332,10 +332,6 @@ def serve_in_thread(config: ServerConfig, load: bool = True) -> Iterator[Threade
         server.stop()
 
 
-def main_async(config: ServerConfig, log_format: str = "text") -> int:
-    if config.workers > 1:
-        from shard_server.workers import serve_workers
-
-        return serve_workers(config, log_format)
+def main_async(config: ServerConfig) -> int:
     asyncio.run(serve(config))
     return 0
