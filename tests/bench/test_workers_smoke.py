@@ -28,7 +28,10 @@ def test_bench_workers_smoke(tmp_path: Path) -> None:
     qps = result["qps"]
     assert qps["workers_1"]["qps"] > 0 and qps["workers_2"]["qps"] > 0
     assert qps["workers_1"]["connections_per_worker"] == [8]
-    assert len(qps["workers_2"]["connections_per_worker"]) == 2  # both workers got some
+    # 8 connections over the workers (their spread is asserted with 24 connections in
+    # tests/shard_server/test_workers.py; here all 8 on one would be a 1-in-128 chance).
+    spread = qps["workers_2"]["connections_per_worker"]
+    assert sum(spread) == 8 and 1 <= len(spread) <= 2
     assert qps["qps_ratio_2_over_1"] > 0
     rows = {row["factory"]: row for row in result["memory_per_worker"]}
     assert {"Flat", "IVF64,Flat"} <= set(rows)
