@@ -25,7 +25,14 @@ from coordinator.fanout import Fanout
 from coordinator.log_positions import LogPositions
 from coordinator.query_embedder import check_image_bytes
 from coordinator.service import CoordinatorState
-from coordinator.writes import OK, ItemResult, UpsertItem, WriteRouter, WriteTarget
+from coordinator.writes import (
+    OK,
+    FetchedObject,
+    ItemResult,
+    UpsertItem,
+    WriteRouter,
+    WriteTarget,
+)
 from protos import cbir_pb2
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,7 @@ class WriteService:
                 f"shards serve several model versions {sorted(info.model_versions)}: writes "
                 "wait until one is served")
         target = WriteTarget(self.wal_root, self.num_shards, info.dim,
-                             next(iter(info.model_versions)))
+                             next(iter(info.model_versions)), info.metadata_columns)
         if self._router is None or self._router.target != target:
             self._router = WriteRouter(target, self._embed, self._fetch)
         return self._router
@@ -83,11 +90,12 @@ class WriteService:
         runner = self.state.require_embedder(self.state.require_info())
         return await runner.embed(image)
 
-    async def _fetch(self, key: str) -> bytes:
+    async def _fetch(self, key: str) -> FetchedObject:
         prefix = await asyncio.to_thread(storage.read_prefix, key, self.limits.max_image_bytes)
         if len(prefix.data) > self.limits.max_image_bytes:
             raise ResourceExhausted(f"{key}: object exceeds {self.limits.max_image_bytes} bytes")
-        return prefix.data
+        return FetchedObject(prefix.data, prefix.content_type, prefix.last_modified,
+                             prefix.user_metadata)
 
     async def push(self, results: Sequence[ItemResult]) -> None:
         """Tell every live replica of each written shard to catch up (best effort, bounded)."""

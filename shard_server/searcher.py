@@ -23,14 +23,13 @@ from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.options import nested, option
 from cbir.wal import ShardLog
 from shard_server.batcher import BatchConfig, SearchBatcher
-from shard_server.filtering import FilterConfig, FilterPlans, filtered_search
+from shard_server.filtering import FilterConfig, FilterPlans, live_filtered_search
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
 from shard_server.live import (
     delta_keys,
     limit_numpy_blas_threads,
     live_search,
     split_live_ids,
-    without_hidden,
 )
 from shard_server.log_follower import LogFollower
 
@@ -213,12 +212,8 @@ class ShardSearcher:
 
         def run() -> tuple[np.ndarray, np.ndarray]:
             plan = self.filter_plans.plan(loaded, text)
-            # The live index: ask for as many more as rows are hidden, then drop those.
-            view = loaded.live.get()
-            more = min(len(view.tombstones), self.config.limits.max_k)
-            scores, ids = filtered_search(loaded, plan, queries, k + more, params,
-                                          self.config.filter, self.config.limits)
-            return without_hidden(view, scores, ids, k)
+            return live_filtered_search(loaded, plan, loaded.live.get(), queries, k, params,
+                                        self.config.filter, self.config.limits)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
