@@ -17,7 +17,8 @@ connections over the workers' listening sockets. The parent:
   exits once they have, after ``grace_s`` at most.
 
 Nothing here knows a server: a worker is ``target(*args, WorkerLink)`` in a module-level
-function the servers provide (``shard_server.server.run_worker``, ``coordinator.server...``).
+function the servers provide (``shard_server.workers.run_worker``,
+``coordinator.workers.run_worker``).
 """
 
 from __future__ import annotations
