@@ -161,6 +161,32 @@ class DistributedSearch:
             rows, version = await self._by_majority(request, deadline)
         return self._answer(rows, k, exclude_id, version, deadline, request_id)
 
+    async def search_many(
+        self, queries: np.ndarray, k: int, index_params: IndexParams,
+        exclude_ids: list[int | None], deadline: float, request_id: str, filter_text: str = "",
+    ) -> list[SearchAnswer]:
+        """Many queries (n x dim), ONE shard call per shard carrying all of them (not through
+        the micro-batcher: the request is already a batch); one answer per row, each exactly
+        what ``search`` answers for that row alone. No shard answering fails them all."""
+        extra = 1 if any(e is not None for e in exclude_ids) else 0
+        shard_k = min(k + extra, self.fanout.config.limits.max_k)
+        vectors = np.ascontiguousarray(queries, dtype="<f4")
+        request = cbir_pb2.ShardSearchRequest(
+            vectors=vectors.tobytes(), dim=int(vectors.shape[1]), k=shard_k,
+            params=cbir_pb2.SearchParams(nprobe=index_params.nprobe,
+                                         ef_search=index_params.ef_search),
+            request_id=request_id, filter=filter_text,
+        )
+        pinned = self.fanout.pinned_version()
+        if pinned is not None:
+            answers, version = await self._pinned(request, pinned, deadline), pinned
+        else:
+            answers, version = await self._by_majority(request, deadline)
+        answers = {s: r for s, r in answers.items() if r[0].num_queries == len(vectors)}
+        return [self._answer({s: (reply, row) for s, (reply, _) in answers.items()}, k,
+                             exclude, version, deadline, request_id)
+                for row, exclude in enumerate(exclude_ids)]
+
     def _answer(self, answers: dict[int, Row], k: int, exclude_id: int | None, version: str,
                 deadline: float, request_id: str) -> SearchAnswer:
         if not answers and self.fanout.attempt_budget_s(deadline) <= 0:

@@ -14,9 +14,10 @@ import time
 import grpc
 import numpy as np
 
-from cbir.errors import FailedPrecondition
+from cbir.errors import CbirError, FailedPrecondition
 from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
+from coordinator.batch_queries import BatchAnswer, BatchItem, BatchQuery
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.queries import IndexParams
 from coordinator.search import SearchAnswer
@@ -83,6 +84,41 @@ def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchRespons
     )
 
 
+def batch_query_of(request: cbir_pb2.SearchBatchRequest, request_id: str,
+                   time_remaining_s: float | None) -> BatchQuery:
+    items = []
+    for q in request.queries:
+        kind = q.WhichOneof("query")
+        items.append(BatchItem(
+            image=q.image if kind == "image" else None,
+            vector=q.vector.values if kind == "vector" else None,  # length checked first
+            image_id=q.image_id if kind == "image_id" else None))
+    return BatchQuery(
+        items=items, k=request.k,
+        params=IndexParams(request.params.nprobe, request.params.ef_search),
+        exclude_query_image=request.exclude_query_image, request_id=request_id,
+        time_remaining_s=time_remaining_s, filter=request.filter)
+
+
+def _hits(answer: SearchAnswer) -> list[cbir_pb2.Hit]:
+    return [cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
+            for h in answer.hits]
+
+
+def batch_response_of(answer: BatchAnswer, request_id: str) -> cbir_pb2.SearchBatchResponse:
+    results = []
+    for r in answer.results:
+        if isinstance(r, CbirError):
+            results.append(cbir_pb2.SearchBatchResponse.Result(
+                error_code=status_for(r).name, error=str(r)))
+        else:
+            results.append(cbir_pb2.SearchBatchResponse.Result(
+                hits=_hits(r), partial=bool(r.failed_shards),
+                failed_shards=list(r.failed_shards)))
+    return cbir_pb2.SearchBatchResponse(results=results, index_version=answer.index_version,
+                                        metric=answer.metric, request_id=request_id)
+
+
 class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
     def __init__(self, service: QueryService, metrics: CoordinatorMetrics,
                  writes: WriteService | None = None) -> None:
@@ -120,6 +156,35 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
                 "search request_id=%s query=%s code=%s partial=%s index_version=%s ms=%.2f",
                 request_id, query.kind, code, partial, version or "-", seconds * 1000,
             )
+
+    @grpc_errors
+    async def SearchBatch(
+        self, request: cbir_pb2.SearchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.SearchBatchResponse:
+        request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
+        batch = batch_query_of(request, request_id, context.time_remaining())
+        start = time.monotonic()
+        code, partial, failed = "OK", 0, 0
+        try:
+            answer = await self.service.search_batch(batch)
+            failed = sum(isinstance(r, CbirError) for r in answer.results)
+            partial = sum(isinstance(r, SearchAnswer) and bool(r.failed_shards)
+                          for r in answer.results)
+            self.metrics.partial.inc(partial)
+            return batch_response_of(answer, request_id)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = status_for(exc).name
+            raise
+        finally:
+            seconds = time.monotonic() - start
+            self.metrics.requests.labels("batch", code).inc()
+            self.metrics.latency.labels("batch", code).observe(seconds)
+            access_log.info("search_batch request_id=%s queries=%d code=%s partial=%d "
+                            "failed=%d ms=%.2f", request_id, len(batch.items), code, partial,
+                            failed, seconds * 1000)
 
     def _write_service(self) -> WriteService:
         if self.writes is None:
