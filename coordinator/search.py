@@ -21,7 +21,7 @@ import numpy as np
 
 from cbir.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from cbir.ids import shard_of
-from cbir.merge import MergedHit, ShardHits, merge_top_k
+from cbir.merge import MergedHit, ShardHits, ShardRows, merge_rows, merge_top_k
 from coordinator.batching import Row, ShardBatcher
 from coordinator.fanout import RETRYABLE, Fanout, ShardCallFailed
 from coordinator.queries import IndexParams
@@ -182,10 +182,14 @@ class DistributedSearch:
             answers, version = await self._pinned(request, pinned, deadline), pinned
         else:
             answers, version = await self._by_majority(request, deadline)
-        answers = {s: r for s, r in answers.items() if r[0].num_queries == len(vectors)}
-        return [self._answer({s: (reply, row) for s, (reply, _) in answers.items()}, k,
-                             exclude, version, deadline, request_id)
-                for row, exclude in enumerate(exclude_ids)]
+        if not answers:
+            self._answer({}, k, None, version, deadline, request_id)  # raises why
+        metric = majority([a.metric for a, _ in answers.values()])
+        rows = {s: parsed for s, (reply, _) in answers.items()
+                if (parsed := parse_rows(s, reply, len(vectors), metric)) is not None}
+        failed = tuple(s for s in range(self.num_shards) if s not in rows)
+        merged = merge_rows(list(rows.values()), k, metric, exclude_ids)
+        return [SearchAnswer(hits, failed, version, metric) for hits in merged]
 
     def _answer(self, answers: dict[int, Row], k: int, exclude_id: int | None, version: str,
                 deadline: float, request_id: str) -> SearchAnswer:
@@ -331,3 +335,21 @@ def parse_hits(shard: int, reply: cbir_pb2.ShardSearchResponse, row: int = 0
         return None
     keys = list(reply.keys[lo:hi])
     return ShardHits(shard, ids[lo:hi].copy(), scores[lo:hi].copy(), keys)
+
+
+def parse_rows(shard: int, reply: cbir_pb2.ShardSearchResponse, n: int, metric: str
+               ) -> ShardRows | None:
+    """A shard's packed answer to n queries; None (logged) when malformed or in another
+    metric than the other shards'."""
+    ids = np.frombuffer(reply.ids, dtype="<i8")
+    scores = np.frombuffer(reply.scores, dtype="<f4")
+    k = reply.k
+    if reply.num_queries != n or k < 0 or len(ids) != n * k or len(scores) != n * k:
+        log.error("shard %d sent a malformed answer (%d rows for %d queries, k=%d, %d ids, "
+                  "%d scores)", shard, reply.num_queries, n, k, len(ids), len(scores))
+        return None
+    if reply.metric != metric:
+        log.error("shard %d answered with metric %r, the others %r; left out",
+                  shard, reply.metric, metric)
+        return None
+    return ShardRows(shard, ids.reshape(n, k), scores.reshape(n, k), reply.keys)
