@@ -63,12 +63,15 @@ def _query(q: BatchQuery) -> cbir_pb2.SearchBatchRequest.Query:
 def batch_request(queries: BatchQueries, k: int, nprobe: int, ef_search: int,
                   exclude_query_image: bool, request_id: str, filter: str
                   ) -> cbir_pb2.SearchBatchRequest:
+    request = cbir_pb2.SearchBatchRequest(
+        k=k, params=cbir_pb2.SearchParams(nprobe=nprobe, ef_search=ef_search),
+        exclude_query_image=exclude_query_image, request_id=request_id, filter=filter)
     if isinstance(queries, np.ndarray):
         if queries.ndim != 2:
             raise InvalidArgument(f"a batch of vectors is a 2-D array, got shape {queries.shape}")
-        items = [cbir_pb2.SearchBatchRequest.Query(vector=float_vector(row)) for row in queries]
+        # Packed: one bytes field instead of a repeated float message per query.
+        request.vectors = np.ascontiguousarray(queries, dtype="<f4").tobytes()
+        request.dim = queries.shape[1]
     else:
-        items = [_query(q) for q in queries]
-    return cbir_pb2.SearchBatchRequest(
-        queries=items, k=k, params=cbir_pb2.SearchParams(nprobe=nprobe, ef_search=ef_search),
-        exclude_query_image=exclude_query_image, request_id=request_id, filter=filter)
+        request.queries.extend(_query(q) for q in queries)
+    return request

@@ -78,6 +78,22 @@ def check_batch(batch: BatchQuery, limits: Limits) -> None:
                                 f"{limits.max_batch_images}; split the batch")
 
 
+def packed_rows(vectors: bytes, dim: int, has_queries: bool, limits: Limits) -> np.ndarray:
+    """The packed vector queries as an (n, dim) float32 view, the count checked before any row
+    becomes a query (a 32 MiB message of dim 1 would otherwise be 8M query objects)."""
+    if has_queries:
+        raise InvalidArgument("a SearchBatch request carries `queries` or packed `vectors`, "
+                              "not both")
+    if dim <= 0 or len(vectors) % (4 * dim):
+        raise InvalidArgument(f"packed vectors of {len(vectors)} bytes are not rows of dim "
+                              f"{dim} float32 values")
+    n = len(vectors) // (4 * dim)
+    if n > limits.max_batch:
+        raise ResourceExhausted(f"{n} queries in one SearchBatch exceed the limit of "
+                                f"{limits.max_batch}; split the batch")
+    return np.frombuffer(vectors, dtype="<f4").reshape(n, dim)
+
+
 def _vector_of(item: BatchItem, dim: int) -> Resolved | None:
     """A raw vector query checked (None: the item is not a vector query)."""
     if item.vector is None:

@@ -16,9 +16,10 @@ import grpc
 import numpy as np
 
 from cbir.errors import CbirError, FailedPrecondition
+from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
-from coordinator.batch_queries import BatchAnswer, BatchItem, BatchQuery
+from coordinator.batch_queries import BatchAnswer, BatchItem, BatchQuery, packed_rows
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.queries import IndexParams
 from coordinator.search import SearchAnswer
@@ -94,8 +95,10 @@ def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchRespons
     return response
 
 
-def batch_query_of(request: cbir_pb2.SearchBatchRequest, request_id: str,
-                   time_remaining_s: float | None) -> BatchQuery:
+def batch_items_of(request: cbir_pb2.SearchBatchRequest, limits: Limits) -> list[BatchItem]:
+    if request.vectors or request.dim:
+        rows = packed_rows(request.vectors, request.dim, len(request.queries) > 0, limits)
+        return [BatchItem(vector=row) for row in rows]
     items = []
     for q in request.queries:
         kind = q.WhichOneof("query")
@@ -103,6 +106,13 @@ def batch_query_of(request: cbir_pb2.SearchBatchRequest, request_id: str,
             image=q.image if kind == "image" else None,
             vector=q.vector.values if kind == "vector" else None,  # length checked first
             image_id=q.image_id if kind == "image_id" else None))
+    return items
+
+
+def batch_query_of(request: cbir_pb2.SearchBatchRequest, request_id: str,
+                   time_remaining_s: float | None, limits: Limits = DEFAULT_LIMITS
+                   ) -> BatchQuery:
+    items = batch_items_of(request, limits)
     return BatchQuery(
         items=items, k=request.k,
         params=IndexParams(request.params.nprobe, request.params.ef_search),
@@ -167,10 +177,11 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
         self, request: cbir_pb2.SearchBatchRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.SearchBatchResponse:
         request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
-        batch = batch_query_of(request, request_id, context.time_remaining())
         start = time.monotonic()
-        code, partial, failed = "OK", 0, 0
+        code, partial, failed, batch = "OK", 0, 0, None
         try:
+            batch = batch_query_of(request, request_id, context.time_remaining(),
+                                   self.service.limits)
             answer = await self.service.search_batch(batch)
             failed = sum(isinstance(r, CbirError) for r in answer.results)
             partial = sum(isinstance(r, SearchAnswer) and bool(r.failed_shards)
@@ -188,8 +199,8 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
             self.metrics.requests.labels("batch", code).inc()
             self.metrics.latency.labels("batch", code).observe(seconds)
             access_log.info("search_batch request_id=%s queries=%d code=%s partial=%d "
-                            "failed=%d ms=%.2f", request_id, len(batch.items), code, partial,
-                            failed, seconds * 1000)
+                            "failed=%d ms=%.2f", request_id, len(batch.items) if batch else 0,
+                            code, partial, failed, seconds * 1000)
 
     def _write_service(self) -> WriteService:
         if self.writes is None:

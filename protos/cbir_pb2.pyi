@@ -283,7 +283,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., failed_shards: _Optional[_Iterable[int]] = ..., index_version: _Optional[str] = ..., metric: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("queries", "k", "params", "exclude_query_image", "request_id", "filter")
+    __slots__ = ("queries", "k", "params", "exclude_query_image", "request_id", "filter", "vectors", "dim")
     class Query(_message.Message):
         __slots__ = ("image", "vector", "image_id")
         IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -299,13 +299,17 @@ class SearchBatchRequest(_message.Message):
     EXCLUDE_QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
     queries: _containers.RepeatedCompositeFieldContainer[SearchBatchRequest.Query]
     k: int
     params: SearchParams
     exclude_query_image: bool
     request_id: str
     filter: str
-    def __init__(self, queries: _Optional[_Iterable[_Union[SearchBatchRequest.Query, _Mapping]]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., exclude_query_image: _Optional[bool] = ..., request_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+    vectors: bytes
+    dim: int
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchBatchRequest.Query, _Mapping]]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., exclude_query_image: _Optional[bool] = ..., request_id: _Optional[str] = ..., filter: _Optional[str] = ..., vectors: _Optional[bytes] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results", "index_version", "metric", "request_id")

@@ -4,7 +4,7 @@ the whole batch costs one Shard.Search per shard."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -202,3 +202,35 @@ def test_image_queries_with_the_real_model_in_one_model_batch(
         assert b.hits[0].image_id == int(index.ids[i])
     assert got[4].error_code == "INVALID_ARGUMENT" and not got[4].hits
     assert got[5].ok and got[5].hits[0].image_id == int(index.ids[5])
+
+
+def test_packed_vectors_are_checked(running: Running) -> None:
+    """Packed ``vectors``: rows of ``dim`` float32 values, never together with ``queries``."""
+    stub_call = _raw_search_batch(running)
+    rows = fx.random_vectors(3, DIM, seed=2)
+    ok = stub_call(cbir_pb2.SearchBatchRequest(vectors=rows.tobytes(), dim=DIM, k=3))
+    assert [len(r.hits) for r in ok.results] == [3, 3, 3]
+    for request, message in [
+        (cbir_pb2.SearchBatchRequest(vectors=rows.tobytes()[:-4], dim=DIM),
+         "are not rows of dim 16"),
+        (cbir_pb2.SearchBatchRequest(vectors=rows.tobytes(), dim=0), "not rows of dim 0"),
+        (cbir_pb2.SearchBatchRequest(vectors=rows.tobytes(), dim=DIM, queries=[
+            cbir_pb2.SearchBatchRequest.Query(image_id=1)]), "not both"),
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub_call(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (caught.value.details() or "")
+    tiny = np.ones((DEFAULT_LIMITS.max_batch + 1, 1), np.float32)  # dim 1: count checked first
+    with pytest.raises(grpc.RpcError) as caught:
+        stub_call(cbir_pb2.SearchBatchRequest(vectors=tiny.tobytes(), dim=1))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _raw_search_batch(r: Running
+                      ) -> Callable[[cbir_pb2.SearchBatchRequest], cbir_pb2.SearchBatchResponse]:
+    def call(request: cbir_pb2.SearchBatchRequest) -> cbir_pb2.SearchBatchResponse:
+        with grpc.insecure_channel(r.address) as channel:
+            return cbir_pb2_grpc.CoordinatorStub(channel).SearchBatch(request, timeout=30)
+
+    return call
