@@ -130,10 +130,10 @@ def test_oversized_request_is_refused_before_parsing(running: Running) -> None:
     """Over the method's byte budget: RESOURCE_EXHAUSTED from the request guard."""
     query = cbir_pb2.SearchBatchRequest.Query(image=b"\0" * (DEFAULT_LIMITS.max_image_bytes))
     request = cbir_pb2.SearchBatchRequest(queries=[query, query], k=3)
-    with grpc.insecure_channel(running.address, options=[
-            ("grpc.max_send_message_length", -1)]) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            cbir_pb2_grpc.CoordinatorStub(channel).SearchBatch(request, timeout=30)
+    options = [("grpc.max_send_message_length", -1)]
+    with grpc.insecure_channel(running.address, options=options) as channel, \
+            pytest.raises(grpc.RpcError) as caught:
+        cbir_pb2_grpc.CoordinatorStub(channel).SearchBatch(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
