@@ -26,11 +26,18 @@ from coordinator.caching import QueryCaches
 from coordinator.fanout import ShardCallFailed
 from coordinator.queries import IndexParams, check_image_id, check_vector
 from coordinator.query_embedder import EmbeddingRunner, check_image_bytes
-from coordinator.search import ClusterInfo, DistributedSearch, SearchAnswer
-from protos import cbir_pb2
+from coordinator.search import (
+    ClusterInfo,
+    DistributedSearch,
+    SearchAnswer,
+    StoredVector,
+    applied_seq_of,
+)
+from protos import cbir_pb2, cbir_pb2_grpc
 
-# Per query: its vector, or why it has none (a CbirError the caller sees for that query only).
-Resolved = np.ndarray | CbirError
+# Per query: its vector (for an image id: with the log position it was read at), or why it
+# has none (a CbirError the caller sees for that query only).
+Resolved = np.ndarray | StoredVector | CbirError
 
 
 @dataclass(frozen=True)
@@ -181,9 +188,15 @@ async def _shard_vectors(search: DistributedSearch, shard: int, image_ids: list[
                          deadline: float, request_id: str
                          ) -> dict[int, Resolved] | CbirError:
     request = cbir_pb2.GetVectorsRequest(image_ids=image_ids, request_id=request_id)
+
+    async def call(stub: cbir_pb2_grpc.ShardStub, timeout: float
+                   ) -> tuple[cbir_pb2.GetVectorsResponse, int]:
+        rpc = stub.GetVectors(request, timeout=timeout)
+        reply = await rpc
+        return reply, applied_seq_of(await rpc.trailing_metadata())
+
     try:
-        reply = await search.fanout.call(
-            shard, lambda stub, t: stub.GetVectors(request, timeout=t), deadline)
+        reply, applied_seq = await search.fanout.call(shard, call, deadline)
     except ShardCallFailed as exc:
         if exc.code == grpc.StatusCode.NOT_FOUND:  # every id unknown
             return {}
@@ -194,15 +207,5 @@ async def _shard_vectors(search: DistributedSearch, shard: int, image_ids: list[
     if reply.dim <= 0:
         return {}
     vectors = np.frombuffer(reply.vectors, dtype="<f4").reshape(-1, reply.dim)
-    return {int(i): np.array(vectors[row], dtype=np.float32)
+    return {int(i): StoredVector(np.array(vectors[row], dtype=np.float32), shard, applied_seq)
             for row, i in enumerate(reply.image_ids)}
-
-
-def single_query_fields(batch: BatchQuery, item: BatchItem) -> dict[str, object]:
-    """What a ``service.Query`` for this item alone holds (its cache key is the same)."""
-    return {**{f: getattr(item, f) for f in ("image", "vector", "image_id")},
-            "k": batch.k, "params": batch.params,
-            "exclude_query_image": batch.exclude_query_image,
-            "request_id": batch.request_id, "filter": batch.filter}
-
-

@@ -38,7 +38,7 @@ from coordinator.queries import (
     resolve_k,
 )
 from coordinator.query_embedder import EmbeddingRunner, check_image_bytes
-from coordinator.search import ClusterInfo, DistributedSearch, SearchAnswer
+from coordinator.search import ClusterInfo, DistributedSearch, SearchAnswer, StoredVector
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,12 @@ class QueryService:
         key = self._answer_key(query, k, info)
         if (cached := self.caches.get_answer(key)) is not None:
             return cached
-        vector, exclude = await self._query_vector(query, info, deadline)
+        vector, exclude, source = await self._query_vector(query, info, deadline)
         answer = await self.search_engine.search(
             prepare_query(vector, info.metric), k, query.params, exclude, deadline,
             query.request_id, filter_text=query.filter.strip(),
         )
-        self.caches.put_answer(key, answer)
+        self.caches.put_answer(key, answer, source)
         return answer
 
     def _answer_key(self, query: Query, k: int, info: ClusterInfo) -> AnswerKey | None:
@@ -148,9 +148,11 @@ class QueryService:
             info.num_shards)
 
     async def _query_vector(self, query: Query, info: ClusterInfo, deadline: float
-                            ) -> tuple[np.ndarray, int | None]:
+                            ) -> tuple[np.ndarray, int | None, tuple[int, int] | None]:
+        """The query vector, the id to leave out, and for an indexed image the (shard, log
+        position) its stored vector was read at (what a cached answer depends on too)."""
         if query.vector is not None:
-            return check_vector(query.vector, info.dim), None
+            return check_vector(query.vector, info.dim), None, None
         if query.image is not None:
             check_image_bytes(query.image, self.limits)
             runner = self.state.require_embedder(info)
@@ -158,12 +160,13 @@ class QueryService:
             if vector is None:
                 vector = await runner.embed(query.image)
                 self.caches.put_embedding(digest, vector)
-            return vector, None
+            return vector, None, None
         if query.image_id is not None:
             check_image_id(query.image_id)
-            vector = await self.search_engine.vector_of(query.image_id, deadline,
-                                                        query.request_id)
-            return vector, (query.image_id if query.exclude_query_image else None)
+            stored = await self.search_engine.stored_vector(query.image_id, deadline,
+                                                            query.request_id)
+            return (stored.vector, query.image_id if query.exclude_query_image else None,
+                    (stored.shard, stored.applied_seq))
         raise InvalidArgument("the request needs one of: image, vector, image_id")
 
     async def search_batch(self, batch: BatchQuery) -> BatchAnswer:
@@ -187,7 +190,10 @@ class QueryService:
             [batch.items[i] for i in todo], info, self._runner_or_error(batch, info),
             self.search_engine, self.caches, self.limits, deadline, batch.request_id)
         ready: list[tuple[int, np.ndarray]] = []
+        sources: dict[int, tuple[int, int]] = {}  # image-id queries: where the vector was read
         for i, vector in zip(todo, vectors, strict=True):
+            if isinstance(vector, StoredVector):
+                sources[i] = (vector.shard, vector.applied_seq)
             try:
                 ready.append((i, _as_query(vector, info.metric)))
             except CbirError as exc:
@@ -199,7 +205,7 @@ class QueryService:
                  for i, _ in ready], deadline, batch.request_id, batch.filter.strip())
             for (i, _), answer in zip(ready, answers, strict=True):
                 results[i] = answer
-                self.caches.put_answer(keys[i], answer)
+                self.caches.put_answer(keys[i], answer, sources.get(i))
         done = [r for r in results if r is not None]
         first = next((r for r in done if isinstance(r, SearchAnswer)), None)
         return BatchAnswer(done, first.index_version if first else "",
@@ -217,7 +223,7 @@ class QueryService:
             return exc
 
 
-def _as_query(vector: np.ndarray | CbirError, metric: str) -> np.ndarray:
+def _as_query(vector: np.ndarray | StoredVector | CbirError, metric: str) -> np.ndarray:
     if isinstance(vector, CbirError):
         raise vector
-    return prepare_query(vector, metric)
+    return prepare_query(vector.vector if isinstance(vector, StoredVector) else vector, metric)
