@@ -173,7 +173,9 @@ async def coordinator_batched(coordinator: str, data: VectorSet, truth_ids: np.n
     """(c) with B queries per ``SearchBatch`` request (one shard call per shard per batch)."""
     from cbir.client import AsyncCoordinatorClient
 
-    async with AsyncCoordinatorClient(coordinator) as client:
+    # A long deadline: B queries per request under C in flight on shared cores can take
+    # seconds per request; a timed-out batch would lose the whole data set's figures.
+    async with AsyncCoordinatorClient(coordinator, timeout_s=120.0) as client:
         async def search(queries: np.ndarray) -> np.ndarray:
             found = np.full((len(queries), K), -1, dtype=np.int64)
             for row, result in enumerate(await client.search_batch(queries, k=K)):
