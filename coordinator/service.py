@@ -206,7 +206,8 @@ class QueryService:
             for (i, _), answer in zip(ready, answers, strict=True):
                 results[i] = answer
                 self.caches.put_answer(keys[i], answer, sources.get(i))
-        done = [r for r in results if r is not None]
+        # Every query has its answer or error by now; the fallback only keeps the order.
+        done = [r if r is not None else Unavailable("not answered") for r in results]
         first = next((r for r in done if isinstance(r, SearchAnswer)), None)
         return BatchAnswer(done, first.index_version if first else "",
                            first.metric if first else info.metric)
