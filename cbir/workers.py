@@ -13,6 +13,8 @@ connections over the workers' listening sockets. The parent:
 - restarts a worker that dies (SIGKILL, OOM kill, crash) with a growing back-off; a worker that
   fails before it ever served the first time is a start-up error (a bad index, say): the parent
   stops the others and exits with its code, as the single process would;
+- with ``--metrics-port``, serves ONE endpoint with the sum over all workers
+  (``cbir.metrics_registry.pooled_metrics``; the workers serve none);
 - on SIGTERM / SIGINT forwards SIGTERM to every worker (each drains like a single server) and
   exits once they have, after ``grace_s`` at most.
 
@@ -39,6 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cbir.errors import CbirError, FailedPrecondition, InvalidArgument
+from cbir.metrics_registry import worker_died
 from cbir.options import option
 
 log = logging.getLogger(__name__)
@@ -227,6 +230,7 @@ class Supervisor:
         process.join()
         code = process.exitcode
         slot.process, slot.loaded = None, False
+        worker_died(process.pid)  # its live gauges leave the pod's /metrics; counters stay
         if slot.conn is not None:
             slot.conn.close()
             slot.conn = None

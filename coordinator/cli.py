@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     configure(log_format)
     config = build_config(args)
     if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
-        for worker in range(config.workers):  # worker i: metrics_port + i
-            check_can_listen(config.host, config.metrics_port + worker)
+        check_can_listen(config.host, config.metrics_port)  # --workers N: one endpoint too
     if config.workers > 1:
         from coordinator.workers import serve_workers
 

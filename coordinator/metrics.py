@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from cbir.metrics_registry import server_registry
+from cbir.metrics_registry import flag_only, server_registry
 
 
 class CoordinatorMetrics:
@@ -30,6 +30,7 @@ class CoordinatorMetrics:
         self.in_flight = Gauge(
             "cbir_coordinator_replica_in_flight", "Calls in flight per replica",
             ["shard", "replica"], registry=r,
+            multiprocess_mode="livesum",  # --workers N: each worker's calls add up
         )
         self.ejections = Counter(
             "cbir_coordinator_replica_ejections", "Replicas taken out of rotation",
@@ -55,8 +56,9 @@ class CoordinatorMetrics:
         self.version_info = Gauge(
             "cbir_coordinator_index_version_info",
             "1 for the index version queries are pinned to (complete in every shard)",
-            ["index_version"], registry=r,
+            ["index_version"], registry=r, multiprocess_mode="livemax",
         )
+        self._pinned: tuple[str, ...] | None = None
         self.version_retries = Counter(
             "cbir_coordinator_version_retries",
             "Shard calls re-sent because a replica did not hold the pinned index version",
@@ -65,8 +67,13 @@ class CoordinatorMetrics:
         self.cache_lookups = cache_lookups(r)
         self.live_replicas = Gauge(
             "cbir_coordinator_live_replicas", "Replicas in rotation per shard", ["shard"],
-            registry=r,
+            registry=r, multiprocess_mode="livemin",  # --workers N: the worst worker's view
         )
+
+    def pin_version(self, version: str | None) -> None:
+        """Publish the version queries are pinned to (None: none yet)."""
+        self._pinned = flag_only(self.version_info, self._pinned,
+                                 (version,) if version is not None else None)
 
     def requests_served(self) -> int:
         """Search requests answered so far, every query type and status code."""

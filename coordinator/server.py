@@ -106,9 +106,8 @@ class CoordinatorServer:
         creds = server_credentials(tls) if tls is not None else None
         self.port = self.serving.bind(self.config.host, self.config.port, creds)
         await self.serving.start()
-        if self.config.metrics_port is not None:  # worker i of --workers N: port + i
-            self.metrics.serve(self.config.metrics_port + (self.config.worker_index or 0),
-                               self.config.host)
+        if self.config.metrics_port is not None:  # workers: None, the supervisor serves
+            self.metrics.serve(self.config.metrics_port, self.config.host)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(_every(self.refresh, self._refresh_period, "topology refresh")),
@@ -179,9 +178,7 @@ class CoordinatorServer:
         pinned = self.fanout.pinned_version()
         if pinned != self._pinned:
             log.info("index version for queries: %s (was %s)", pinned, self._pinned)
-            self.metrics.version_info.clear()
-            if pinned is not None:
-                self.metrics.version_info.labels(pinned).set(1)
+            self.metrics.pin_version(pinned)
             self._pinned = pinned
 
     def _probe_period(self) -> float:

@@ -4,7 +4,8 @@
 Each worker is a whole coordinator on the shared port (SO_REUSEPORT): its own channel to every
 replica, its own balancer state (in-flight counts, latency EWMAs, ejections) and its own caches
 (answers, query embeddings) and query embedder. Nothing is shared, so N workers hold N copies of
-the embedding model and of the caches; a client connection sticks to one worker.
+the embedding model and of the caches; a client connection sticks to one worker. Metrics: one
+endpoint, the parent's, summing every worker (``cbir.metrics_registry.pooled_metrics``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from cbir.metrics_registry import pooled_metrics
 from cbir.workers import LogSetup, WorkerLink, reserve_port, supervise
 from coordinator.config import CoordinatorConfig
 from coordinator.server import CoordinatorServer, default_embedder_factory, topology_source
@@ -33,10 +35,13 @@ def serve_workers(config: CoordinatorConfig, log_format: str) -> int:
     """The parent: reserves the port (0 -> one port for all) and announces it like the single
     process, then supervises the workers until SIGTERM."""
     public = reserve_port(config.host, config.port)
-    worker = dataclasses.replace(config, port=public.getsockname()[1])
+    worker = dataclasses.replace(config, port=public.getsockname()[1], metrics_port=None)
     print(f"listening on {config.host}:{worker.port}", flush=True)
     try:
-        return supervise("cbir serve-coordinator", config.workers, run_worker, (worker,),
-                         LogSetup.of_parent(log_format), config.drain_grace_s)
+        with pooled_metrics(config.metrics_port, config.host) as metrics_port:
+            if metrics_port is not None:  # --metrics-port 0: the one it got
+                print(f"metrics listening on {config.host}:{metrics_port}", flush=True)
+            return supervise("cbir serve-coordinator", config.workers, run_worker, (worker,),
+                             LogSetup.of_parent(log_format), config.drain_grace_s)
     finally:
         public.close()

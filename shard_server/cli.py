@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     configure(log_format)
     config = config_from_args(args)
     if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
-        for worker in range(config.workers):  # worker i: metrics_port + i
-            check_can_listen(config.host, config.metrics_port + worker)
+        check_can_listen(config.host, config.metrics_port)  # --workers N: one endpoint too
     if config.workers > 1:
         return serve_workers(config, log_format)
     return main_async(config)

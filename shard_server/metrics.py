@@ -3,13 +3,16 @@ process - the tests run many)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from cbir.metrics_registry import server_registry
+from cbir.metrics_registry import flag_only, server_registry
 from shard_server.index_store import LoadedIndex
 
+# Gauges under ``--workers N`` (one endpoint, cbir.metrics_registry.pooled_metrics): every worker
+# loads the same index, so the largest live value is the pod's; a worker mid-roll lags briefly.
+POOLED: Final = "livemax"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -29,19 +32,22 @@ class ShardMetrics:
         self.queries = Counter(
             "cbir_shard_queries", "query vectors searched", registry=self.registry
         )
-        self.vectors = Gauge("cbir_shard_index_vectors", "vectors held", registry=self.registry)
+        self.vectors = Gauge("cbir_shard_index_vectors", "vectors held", registry=self.registry,
+                             multiprocess_mode=POOLED)
         self.memory = Gauge(
-            "cbir_shard_index_bytes", "approximate index + id table size", registry=self.registry
+            "cbir_shard_index_bytes", "approximate index + id table size", registry=self.registry,
+            multiprocess_mode=POOLED,  # the workers memory-map one copy: not a sum
         )
         self.version = Gauge(
             "cbir_shard_index_info", "1 for the serving index version", ["index_version", "shard"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode=POOLED,
         )
         self.loads = Counter(
             "cbir_shard_index_loads", "index loads by trigger (start|rpc|pointer) and result",
             ["source", "result"], registry=self.registry,
         )
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._flags: dict[Gauge, tuple[str, ...] | None] = {}  # info gauge -> labels at 1
         self.pointer_errors = Counter(
             "cbir_shard_index_pointer_errors", "index pointer reads that failed",
             registry=self.registry,
@@ -49,16 +55,16 @@ class ShardMetrics:
         self.pointer_target = Gauge(
             "cbir_shard_index_pointer_target_info",
             "1 for what the index pointer named at its last read", ["target"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode=POOLED,
         )
         self.pointer_drift = Gauge(
             "cbir_shard_index_pointer_drift",
             "1 while the served index is not the pointer's target (refused or not loaded yet)",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode=POOLED,
         )
         self.serving_uri = Gauge(
             "cbir_shard_index_uri_info", "1 for the URI the serving index was loaded from",
-            ["index_uri"], registry=self.registry,
+            ["index_uri"], registry=self.registry, multiprocess_mode=POOLED,
         )
 
     def observe(self, method: str, code: str, seconds: float) -> None:
@@ -78,16 +84,16 @@ class ShardMetrics:
         self.loads.labels(source, "ok").inc()
         self.vectors.set(loaded.manifest.count)
         self.memory.set(loaded.memory_bytes)
-        self.version.clear()
-        self.version.labels(loaded.version, str(loaded.manifest.shard)).set(1)
-        self.serving_uri.clear()
-        self.serving_uri.labels(loaded.uri).set(1)
+        self._flag(self.version, loaded.version, str(loaded.manifest.shard))
+        self._flag(self.serving_uri, loaded.uri)
 
     def pointer_read(self, target: str, serving_uri: str) -> None:
         """What the pointer names now, and whether this replica serves it."""
-        self.pointer_target.clear()
-        self.pointer_target.labels(target).set(1)
+        self._flag(self.pointer_target, target)
         self.pointer_drift.set(0 if target == serving_uri else 1)
+
+    def _flag(self, gauge: Gauge, *labels: str) -> None:
+        self._flags[gauge] = flag_only(gauge, self._flags.get(gauge), labels)
 
     def serve(self, port: int, host: str) -> None:
         """Expose /metrics over HTTP (a daemon thread) until ``close``."""

@@ -77,7 +77,7 @@ class ServerConfig:
              "(default: the folder holding --index or --index-pointer)")
     workers: int = workers_option()
     # Set in each worker of a --workers N server (never on the command line): the port is
-    # shared (SO_REUSEPORT) and metrics go to metrics_port + worker_index.
+    # shared (SO_REUSEPORT); metrics_port is 0 there (the supervisor serves all workers' sum).
     worker_index: int | None = None
     # Workers without --index-pointer: a local file naming the version a LoadIndex swapped in
     # (LoadIndex reaches one worker; the others, and restarted ones, follow the file).
@@ -137,8 +137,7 @@ class ShardServer:
             await self.admin.start()
             log.info("admin port listening on %s:%d", ADMIN_HOST, self.admin_port)
         if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port + (self.config.worker_index or 0),
-                               self.config.host)
+            self.metrics.serve(self.config.metrics_port, self.config.host)
         log.info("shard %d listening on %s:%d (tls=%s, tokens=%s, index roots=%s)",
                  self.config.searcher.shard, self.config.host, self.port, tls is not None,
                  self.config.security.auth is not None, ", ".join(self.policy.allowed_roots))

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cbir.metrics_registry import pooled_metrics
 from cbir.workers import LogSetup, WorkerLink, reserve_port, supervise
 from shard_server.server import ADMIN_HOST, ServerConfig, ShardServer
 
@@ -57,7 +58,7 @@ def serve_workers(config: ServerConfig, log_format: str) -> int:
     cache = config.searcher.index_cache_dir or tempfile.mkdtemp(prefix="cbir-index-")
     worker = dataclasses.replace(
         config, port=public.getsockname()[1],
-        admin_port=admin.getsockname()[1] if admin is not None else None,
+        admin_port=admin.getsockname()[1] if admin is not None else None, metrics_port=0,
         searcher=dataclasses.replace(config.searcher, index_cache_dir=cache),
         sibling_target=str(Path(tempfile.mkdtemp(prefix="cbir-workers-")) / "loaded-index"))
     print(f"listening on {config.host}:{worker.port}", flush=True)
@@ -66,8 +67,9 @@ def serve_workers(config: ServerConfig, log_format: str) -> int:
     log.info("shard %d: %d workers on port %d, index files in %s (pid %d)",
              config.searcher.shard, config.workers, worker.port, cache, os.getpid())
     try:
-        return supervise("cbir serve-shard", config.workers, run_worker, (worker,),
-                         LogSetup.of_parent(log_format), config.drain_s)
+        with pooled_metrics(config.metrics_port or None, config.host):  # 0 = off
+            return supervise("cbir serve-shard", config.workers, run_worker, (worker,),
+                             LogSetup.of_parent(log_format), config.drain_s)
     finally:
         public.close()
         if admin is not None:
