@@ -23,18 +23,20 @@ import json
 import random
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
 
 from cbir import storage
-from cbir.errors import InvalidArgument, Unavailable
+from cbir.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 FORMAT_VERSION = "1"
 SEQ_DIGITS = 20
 SUFFIX = ".arrow"
 UPSERT, DELETE = 0, 1
+READ_CHUNK = 256  # entries fetched before the caller consumes them (bounds memory)
 
 _SCHEMA = pa.schema([
     ("op", pa.int8()),
@@ -245,3 +247,46 @@ class ShardLog:
                 return
             yield decode_entry(storage.read_bytes(storage.join(self.prefix, name)))
             expected += 1
+
+    def has_entry(self, seq: int) -> bool:
+        return storage.exists(self.uri_of(seq))
+
+    def read_range(self, after: int, upto: int, threads: int = 16) -> Iterator[LogEntry]:
+        """Exactly the entries ``after + 1 .. upto``, in order (compaction folds this range and
+        records ``upto``: one missing or unreadable entry must fail it, not shorten it). One
+        listing checks the range is whole; the entries are then fetched ``threads`` at a time
+        (one GET each: sequential GETs would make a long range slow)."""
+        if upto <= after:
+            return
+        self._check_whole(after, upto)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(after + 1, upto + 1, READ_CHUNK):
+                stop = min(start + READ_CHUNK, upto + 1)
+                yield from pool.map(self._read_checked, range(start, stop))
+
+    def _check_whole(self, after: int, upto: int) -> None:
+        expected = after + 1
+        for name in storage.list_names_after(self.prefix, entry_name(after) if after > 0 else ""):
+            found = seq_of(name)
+            if found is None:
+                continue
+            if found != expected:
+                break
+            if found == upto:
+                return
+            expected += 1
+        raise FailedPrecondition(
+            f"write-ahead log of shard {self.shard} at {self.prefix}: entry {expected} is "
+            f"missing (needed {after + 1}..{upto})"
+        )
+
+    def _read_checked(self, seq: int) -> LogEntry:
+        uri = self.uri_of(seq)
+        try:
+            entry = decode_entry(storage.read_bytes(uri))
+        except InvalidArgument as exc:
+            raise FailedPrecondition(f"unreadable log entry {uri}: {exc}") from None
+        if entry.seq != seq or entry.shard != self.shard:
+            raise FailedPrecondition(
+                f"log entry {uri} says it is entry {entry.seq} of shard {entry.shard}")
+        return entry

@@ -22,6 +22,7 @@ from cbir import storage
 from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from cbir.limits import Limits
 from coordinator.fanout import Fanout
+from coordinator.log_positions import LogPositions
 from coordinator.query_embedder import check_image_bytes
 from coordinator.service import CoordinatorState
 from coordinator.writes import (
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 class WriteService:
     def __init__(self, wal_root: str, num_shards: int, state: CoordinatorState, fanout: Fanout,
-                 limits: Limits, push_timeout_s: float = 0.5) -> None:
+                 limits: Limits, push_timeout_s: float = 0.5,
+                 positions: LogPositions | None = None) -> None:
         self.wal_root = wal_root
         self.num_shards = num_shards
         self.state = state
@@ -47,6 +49,7 @@ class WriteService:
         self.limits = limits
         self.push_timeout_s = push_timeout_s
         self._router: WriteRouter | None = None
+        self.positions = positions  # the result cache's keys learn each durable entry
 
     def router(self) -> WriteRouter:
         """The router for what the shards serve (rebuilt if their dim / model changes)."""
@@ -100,6 +103,9 @@ class WriteService:
         for r in results:
             if r.status == OK:
                 newest[r.shard] = max(newest.get(r.shard, 0), r.seq)
+        if self.positions is not None:  # before the ack: the caller's next search misses
+            for shard, seq in newest.items():
+                self.positions.learn(shard, seq)
         live = self.fanout.live_addresses()
         deadline = time.monotonic() + self.push_timeout_s
         calls = [self._push_one(shard, address, seq, deadline)

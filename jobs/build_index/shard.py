@@ -49,6 +49,8 @@ class ShardTask:
     seed: int
     faiss_threads: int
     attribute_names: tuple[str, ...] = ()  # of the whole run: the same columns on every shard
+    # Per shard, the write-ahead log position this build folds in (compaction); () = none.
+    wal_seqs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def _commit(task: ShardTask, index: faiss.Index, kept: Kept,
         metric="ip", factory=task.factory, search_params=tuned.search_params,
         model=task.model, model_version=task.model_version, index_version=task.index_version,
         checksum=index_layout.sha256_hex(data), recall_at_10=tuned.recall_at_10,
+        wal_seq=task.wal_seqs[task.shard] if task.wal_seqs else 0,
     )
     write_manifest(storage.join(shard_root, INDEX_MANIFEST), manifest)  # the commit
     return manifest
