@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from cbir import storage
 from cbir.errors import FailedPrecondition
 from cbir.ids import shards_of
+from cbir.live_metadata import metadata_batch
 from cbir.schema import ATTRIBUTES
 from cbir.wal import Delete, LogEntry, Operation, Upsert
 from jobs.build_index import embeddings_run
@@ -132,8 +133,13 @@ def upserts_table(upserts: Sequence[Upsert], schema: pa.Schema, num_shards: int)
         raise FailedPrecondition(f"log upsert of image {bad.image_id} has a vector of shape "
                                  f"{bad.vector.shape}; the index holds {dim}-d vectors")
     known = _known_columns(upserts, dim, num_shards, schema)
-    arrays = [known[f.name] if f.name in known else pa.nulls(len(upserts), f.type)
-              for f in schema]
+    # The object metadata an upsert carries and attributes naming typed (sidecar) columns,
+    # filled as the live index serves them (cbir.live_metadata), so a compacted row passes
+    # the same filters as its live row did; the run calls ``size`` ``bytes``.
+    served = pa.schema([f.with_name("size") if f.name == "bytes" else f for f in schema])
+    metadata = metadata_batch(upserts, served)
+    arrays = [known[f.name] if f.name in known else metadata.column(i)
+              for i, f in enumerate(schema)]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
