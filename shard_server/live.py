@@ -92,8 +92,9 @@ def split_live_ids(view: LiveView, wanted: np.ndarray, in_base: np.ndarray
 
 def without_hidden(view: LiveView, scores: np.ndarray, ids: np.ndarray, k: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """A base-only answer (a filtered search: the delta carries no metadata yet) with the
-    tombstoned rows removed, cut to ``k``: deleted or replaced images never come back."""
+    """A base-only answer (a filtered search's brute-force plan, which asked for as many more
+    rows as it has hidden) with the tombstoned rows removed, cut to ``k``: deleted or replaced
+    images never come back."""
     if len(view.tombstones):
         hidden = np.isin(ids, view.tombstones)
         ids = np.where(hidden, -1, ids)
