@@ -5,11 +5,9 @@ the run / version / pointer / log on moto's S3."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from cbir import storage
@@ -17,7 +15,7 @@ from cbir.errors import FailedPrecondition, InvalidArgument
 from cbir.ids import image_id
 from cbir.index_pointer import read_pointer
 from cbir.schema import EMBED_MANIFEST, EmbedManifest, backfill_schema, read_manifest
-from cbir.wal import LogEntry, ObjectInfo, Operation, Upsert
+from cbir.wal import LogEntry, Operation, Upsert
 from jobs.build_index.build import BuildConfig, build_index
 from jobs.compact import fold
 from jobs.compact.compact import CompactConfig, compact, flip, read_start
@@ -108,21 +106,6 @@ def test_log_upserts_become_rows_of_the_runs_schema() -> None:
     assert row["width"] is None and row["content_type"] is None
     with pytest.raises(FailedPrecondition, match="the index holds 4-d vectors"):
         fold.upserts_table([Upsert(1, key, np.zeros(3, np.float32))], schema, 3)
-
-
-def test_log_upserts_keep_their_object_metadata_and_typed_attributes() -> None:
-    """An upsert's object metadata (size -> the run's ``bytes``) and an attribute naming a
-    typed sidecar column fill those columns, as the live index served them."""
-    sidecar = pa.schema([pa.field("pct", pa.int32())])
-    schema = backfill_schema(4, fx.MODEL, fx.MODEL_VERSION, sidecar)
-    key = "s3://photos/new/y.jpg"
-    info = ObjectInfo(size=1234, width=64, height=32, content_type="image/jpeg",
-                      last_modified=dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
-    upsert = Upsert(image_id(key), key, np.full(4, 0.5, np.float32), {"pct": "7"}, info)
-    row = fold.upserts_table([upsert], schema, 3).to_pylist()[0]
-    assert (row["bytes"], row["width"], row["height"]) == (1234, 64, 32)
-    assert row["content_type"] == "image/jpeg" and row["pct"] == 7
-    assert row["last_modified"] == dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 
 
 def test_build_refuses_positions_for_another_shard_count(tmp_path: Path) -> None:
