@@ -102,6 +102,10 @@ class CoordinatorServer:
         self.port = 0
 
     async def start(self) -> int:
+        if self.config.wal and self.config.security.auth is None:
+            # Writes stay open without tokens (local use, the demo), but an operator must know.
+            log.warning("--wal without --auth-token-file: Upsert/Delete are open to every "
+                        "client that reaches this port; configure tokens with the 'write' role")
         tls = self.config.security.tls
         creds = server_credentials(tls) if tls is not None else None
         self.port = self.serving.bind(self.config.host, self.config.port, creds)
