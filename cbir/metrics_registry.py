@@ -14,7 +14,8 @@ histograms summed over every worker that ever ran (a restarted worker's predeces
 gauges by the ``multiprocess_mode`` each declares. ``worker_died`` drops a dead worker's
 ``live*`` gauges. ``process_*`` on that endpoint are the supervisor's own process (the
 workers' process collectors are not in the files); per-worker memory is the container's
-(cgroup) figure - shared index pages would be counted N times in a sum of RSS anyway.
+(cgroup) figure - shared index pages would be counted N times in a sum of RSS anyway - and
+``WorkerCollector`` adds each worker's resident memory and restarts, labelled by worker slot.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,7 +36,9 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +53,17 @@ def server_registry() -> CollectorRegistry:
     return registry
 
 
+@dataclass(frozen=True)
+class PooledEndpoint:
+    port: int  # the bound one (``--metrics-port 0`` picks a free port)
+    registry: CollectorRegistry  # what it serves: add the supervisor's own collectors here
+
+
 @contextlib.contextmanager
-def pooled_metrics(port: int | None, host: str) -> Iterator[int | None]:
+def pooled_metrics(port: int | None, host: str) -> Iterator[PooledEndpoint | None]:
     """While open: workers spawned now write their metrics to a fresh shared directory and
-    ``host:port`` serves their sum (yields the bound port; None = metrics off). At exit the
-    endpoint closes and the directory goes."""
+    ``host:port`` serves their sum (None = metrics off). At exit the endpoint closes and the
+    directory goes."""
     if port is None:
         yield None
         return
@@ -68,7 +78,7 @@ def pooled_metrics(port: int | None, host: str) -> Iterator[int | None]:
         try:
             bound = int(http.server_address[1])
             log.info("metrics of all workers on %s:%d (files in %s)", host, bound, path)
-            yield bound
+            yield PooledEndpoint(bound, registry)
         finally:
             http.shutdown()
             http.server_close()
@@ -95,3 +105,37 @@ def flag_only(gauge: Gauge, previous: tuple[str, ...] | None,
     if labels is not None:
         gauge.labels(*labels).set(1)
     return labels
+
+
+# (slot, live pid or None, restarts so far) of each worker, from the supervisor.
+WorkerStates = Callable[[], Iterable[tuple[int, int | None, int]]]
+
+
+class WorkerCollector(Collector):
+    """Per worker slot: resident memory of the live process (``/proc``; shared index pages
+    are in every worker's figure) and restarts. The pooled files cannot carry these: a
+    worker's process collector is not written to them."""
+
+    def __init__(self, states: WorkerStates) -> None:
+        self.states = states
+
+    def collect(self) -> Iterable[Metric]:
+        rss = GaugeMetricFamily("cbir_worker_resident_memory_bytes",
+                                "Resident memory of each live worker process", labels=["worker"])
+        restarts = CounterMetricFamily("cbir_worker_restarts",
+                                       "Times a worker slot's process was replaced",
+                                       labels=["worker"])
+        for slot, pid, restarted in self.states():
+            restarts.add_metric([str(slot)], restarted)
+            resident = _resident_bytes(pid) if pid is not None else None
+            if resident is not None:
+                rss.add_metric([str(slot)], resident)
+        return [rss, restarts]
+
+
+def _resident_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # it just exited, or no /proc (not Linux)
+        return None

@@ -40,8 +40,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from cbir.errors import CbirError, FailedPrecondition, InvalidArgument
-from cbir.metrics_registry import worker_died
+from cbir.metrics_registry import WorkerCollector, worker_died
 from cbir.options import option
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,15 @@ class Supervisor:
             time.monotonic(), None
         log.info("worker %d started (pid %d)", slot.index, process.pid)
 
+    def worker_states(self) -> list[tuple[int, int | None, int]]:
+        """(slot, live pid or None, restarts) per worker, for the metrics endpoint's thread."""
+        states = []
+        for slot in self.slots:
+            process = slot.process
+            pid = process.pid if process is not None and process.is_alive() else None
+            states.append((slot.index, pid, max(len(slot.pids) - 1, 0)))
+        return states
+
     def start(self) -> None:
         for slot in self.slots:
             self._start(slot)
@@ -261,9 +272,13 @@ class Supervisor:
 
 
 def supervise(prog: str, count: int, target: Callable[..., None], args: Sequence[Any],
-              setup: Callable[[], None], grace_s: float) -> int:
-    """Run ``count`` workers until SIGTERM/SIGINT; the exit code (0 after a clean drain)."""
+              setup: Callable[[], None], grace_s: float,
+              registry: CollectorRegistry | None = None) -> int:
+    """Run ``count`` workers until SIGTERM/SIGINT; the exit code (0 after a clean drain).
+    ``registry``: the pooled metrics endpoint's, which gets per-worker memory and restarts."""
     supervisor = Supervisor(prog, count, target, args, setup, grace_s)
+    if registry is not None:
+        registry.register(WorkerCollector(supervisor.worker_states))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, supervisor.stop)
     return supervisor.run()

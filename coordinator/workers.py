@@ -38,10 +38,11 @@ def serve_workers(config: CoordinatorConfig, log_format: str) -> int:
     worker = dataclasses.replace(config, port=public.getsockname()[1], metrics_port=None)
     print(f"listening on {config.host}:{worker.port}", flush=True)
     try:
-        with pooled_metrics(config.metrics_port, config.host) as metrics_port:
-            if metrics_port is not None:  # --metrics-port 0: the one it got
-                print(f"metrics listening on {config.host}:{metrics_port}", flush=True)
+        with pooled_metrics(config.metrics_port, config.host) as metrics:
+            if metrics is not None:  # --metrics-port 0: the one it got
+                print(f"metrics listening on {config.host}:{metrics.port}", flush=True)
             return supervise("cbir serve-coordinator", config.workers, run_worker, (worker,),
-                             LogSetup.of_parent(log_format), config.drain_grace_s)
+                             LogSetup.of_parent(log_format), config.drain_grace_s,
+                             metrics.registry if metrics is not None else None)
     finally:
         public.close()

@@ -67,9 +67,10 @@ def serve_workers(config: ServerConfig, log_format: str) -> int:
     log.info("shard %d: %d workers on port %d, index files in %s (pid %d)",
              config.searcher.shard, config.workers, worker.port, cache, os.getpid())
     try:
-        with pooled_metrics(config.metrics_port or None, config.host):  # 0 = off
+        with pooled_metrics(config.metrics_port or None, config.host) as metrics:  # 0 = off
             return supervise("cbir serve-shard", config.workers, run_worker, (worker,),
-                             LogSetup.of_parent(log_format), config.drain_s)
+                             LogSetup.of_parent(log_format), config.drain_s,
+                             metrics.registry if metrics is not None else None)
     finally:
         public.close()
         if admin is not None:

@@ -45,8 +45,9 @@ def _scrape(port: int) -> dict[str, float]:
 
 def test_pooled_metrics_sums_processes_and_drops_dead_live_gauges() -> None:
     spawn = multiprocessing.get_context("spawn")
-    with pooled_metrics(0, "127.0.0.1") as port:
-        assert port
+    with pooled_metrics(0, "127.0.0.1") as endpoint:
+        assert endpoint is not None and endpoint.port
+        port = endpoint.port
         path = os.environ[MULTIPROC_ENV]
         pids = []
         for _ in range(2):
@@ -68,5 +69,5 @@ def test_pooled_metrics_sums_processes_and_drops_dead_live_gauges() -> None:
 
 
 def test_pooled_metrics_off_without_a_port() -> None:
-    with pooled_metrics(None, "127.0.0.1") as port:
-        assert port is None and MULTIPROC_ENV not in os.environ
+    with pooled_metrics(None, "127.0.0.1") as endpoint:
+        assert endpoint is None and MULTIPROC_ENV not in os.environ

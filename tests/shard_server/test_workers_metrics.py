@@ -85,9 +85,14 @@ def test_a_killed_worker_keeps_the_counts_and_its_gauges_go(
     for _ in range(SEARCHES):
         _search(address, query)
     assert searches_counted(metrics) == 2 * SEARCHES
-    vectors = [series for series, _ in scrape(metrics)
-               if series.startswith("cbir_shard_index_vectors")]
+    seen = scrape(metrics)
+    vectors = [series for series, _ in seen if series.startswith("cbir_shard_index_vectors")]
     assert len(vectors) == 1, vectors
+    # The parent's per-slot figures: one slot restarted once, both live and resident.
+    restarts = sorted(v for s, v in seen if s.startswith("cbir_worker_restarts_total{"))
+    assert restarts == [0, 1], seen
+    resident = [v for s, v in seen if s.startswith("cbir_worker_resident_memory_bytes{")]
+    assert len(resident) == 2 and min(resident) > 10 * 2**20, resident
 
 
 def test_metrics_port_in_use_is_refused_with_exit_2(flat_index: BuiltIndex) -> None:
