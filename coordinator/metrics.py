@@ -29,8 +29,7 @@ class CoordinatorMetrics:
         )
         self.in_flight = Gauge(
             "cbir_coordinator_replica_in_flight", "Calls in flight per replica",
-            ["shard", "replica"], registry=r,
-            multiprocess_mode="livesum",  # --workers N: each worker's calls add up
+            ["shard", "replica"], registry=r, multiprocess_mode="livesum",  # workers add up
         )
         self.ejections = Counter(
             "cbir_coordinator_replica_ejections", "Replicas taken out of rotation",
