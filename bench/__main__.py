@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import harness
 
-BENCHMARKS = ("embed", "search", "peers", "balance", "build", "filter", "live")
+BENCHMARKS = ("embed", "search", "peers", "balance", "build", "filter", "live", "workers")
 GPU_ONLY = "gpu"  # not in "all": it needs CUDA and takes the whole machine
 CHILD = "_one"  # internal subcommand: run one benchmark in this process, JSON on stdout
 
