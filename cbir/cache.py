@@ -14,11 +14,16 @@ import hashlib
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from cachetools import LRUCache
 
 V = TypeVar("V")
+
+# Trailing metadata of a shard's GetVectors answer: the log position of the live state the
+# vectors came from (GetVectorsResponse has no field for it; ShardSearchResponse.applied_seq
+# carries the same for searches).
+APPLIED_SEQ_METADATA = "cbir-applied-seq"
 
 
 def digest(kind: str, payload: bytes) -> str:
@@ -27,9 +32,9 @@ def digest(kind: str, payload: bytes) -> str:
     return f"{kind}:{hashlib.blake2b(payload, digest_size=20).hexdigest()}"
 
 
-@dataclass(frozen=True)
-class AnswerKey:
-    """Everything a search answer depends on."""
+class AnswerKey(NamedTuple):
+    """Everything a search answer depends on. A NamedTuple, not a dataclass: it is hashed and
+    compared on every lookup, and a tuple does both in C (a cache hit is a few microseconds)."""
 
     query: str  # digest(...) of the vector / image bytes, or "id:<n>"
     k: int

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo.run", "run the whole system locally on bundled photos and query it"),
     "backfill": ("jobs.embed.cli", "embed every image of an S3 bucket into Parquet (Spark)"),
     "build-index": ("jobs.build_index.cli", "build one Faiss index per shard from embeddings"),
+    "compact": ("jobs.compact.cli", "fold the write-ahead log into a new index version"),
     "serve-shard": ("shard_server.cli", "serve one shard's index over gRPC"),
     "serve-coordinator": ("coordinator.cli", "fan queries out to every shard and merge top-K"),
     "index-pointer": ("shard_server.pointer_cli", "read or atomically flip an index pointer"),

@@ -2,33 +2,41 @@
 
 Layout: ``<root>/shard=NNN/<seq, 20 digits>.arrow``; sequence numbers start at 1 and have no
 gaps. Each entry is one immutable object holding a batch of operations (upserts: id, key,
-vector, attributes; deletes: id) in an Arrow IPC stream, created with a conditional write
-(``If-None-Match: *`` on S3, an exclusive link locally). The conditional create is the commit:
-of several writers racing for the same number exactly one wins, the others learn the new tail
-and try the next number, so every shard's log has one total order however many coordinators
-write. A writer only ever claims ``tail + 1`` for a tail that exists, so entry N+1 never exists
-before entry N, and a reader that applies entries in order never skips one. A write is
+vector, attributes and the object's metadata; deletes: id) in an Arrow IPC stream, created with
+a conditional write (``If-None-Match: *`` on S3, an exclusive link locally). The conditional
+create is the commit: of several writers racing for the same number exactly one wins, the
+others learn the new tail and try the next number, so every shard's log has one total order
+however many coordinators write. A writer only ever claims ``tail + 1`` for a tail that exists,
+so entry N+1 never exists before entry N, and a reader that applies entries in order never
+skips one. A write is
 acknowledged only after its entry exists; last write per id wins in log order.
+
+The entry schema only ever grows by nullable columns (the object metadata columns came after
+format 1 was in use): a reader takes a column that an older entry lacks as all null, so old
+logs keep applying.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
 
 from cbir import storage
-from cbir.errors import InvalidArgument, Unavailable
+from cbir.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 FORMAT_VERSION = "1"
 SEQ_DIGITS = 20
 SUFFIX = ".arrow"
 UPSERT, DELETE = 0, 1
+READ_CHUNK = 256  # entries fetched before the caller consumes them (bounds memory)
 
 _SCHEMA = pa.schema([
     ("op", pa.int8()),
@@ -36,7 +44,28 @@ _SCHEMA = pa.schema([
     ("key", pa.string()),
     ("vector", pa.list_(pa.float32())),
     ("attributes", pa.string()),  # JSON object of string attributes, null for none
+    # What the coordinator knew of the object (null when it did not: an upsert by vector).
+    ("size", pa.int64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("content_type", pa.string()),
+    ("last_modified", pa.timestamp("ms", tz="UTC")),
 ])
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """The metadata an upsert carries besides its attributes: the columns the backfill fills
+    from the object (docs/filters.md), None where unknown."""
+
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    content_type: str | None = None
+    last_modified: dt.datetime | None = None  # timezone-aware (UTC)
+
+
+INFO_COLUMNS = tuple(f.name for f in fields(ObjectInfo))
 
 
 @dataclass(frozen=True)
@@ -45,6 +74,7 @@ class Upsert:
     key: str
     vector: np.ndarray  # float32 [dim], L2-normalised by the writer
     attributes: dict[str, str] = field(default_factory=dict)
+    info: ObjectInfo = ObjectInfo()
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,12 @@ def seq_of(name: str) -> int | None:
     return int(stem) if len(stem) == SEQ_DIGITS and stem.isdigit() else None
 
 
+def _info_columns(ops: Sequence[Operation]) -> dict[str, pa.Array]:
+    infos = [o.info if isinstance(o, Upsert) else ObjectInfo() for o in ops]
+    return {name: pa.array([getattr(i, name) for i in infos], _SCHEMA.field(name).type)
+            for name in INFO_COLUMNS}
+
+
 def encode_entry(entry: LogEntry) -> bytes:
     ops = entry.operations
     table = pa.table(
@@ -95,6 +131,7 @@ def encode_entry(entry: LogEntry) -> bytes:
                  if isinstance(o, Upsert) and o.attributes else None for o in ops],
                 pa.string(),
             ),
+            **_info_columns(ops),
         },
         schema=_SCHEMA,
     ).replace_schema_metadata({
@@ -129,15 +166,25 @@ def decode_entry(data: bytes) -> LogEntry:
 
 def _operations(table: pa.Table) -> Iterator[Operation]:
     columns = table.to_pydict()
-    for op, image_id, key, vector, attributes in zip(
+    infos = _infos(columns, table.num_rows)
+    for op, image_id, key, vector, attributes, info in zip(
         columns["op"], columns["image_id"], columns["key"], columns["vector"],
-        columns["attributes"], strict=True,
+        columns["attributes"], infos, strict=True,
     ):
         if op == DELETE:
             yield Delete(int(image_id))
         else:
             yield Upsert(int(image_id), str(key), np.asarray(vector, dtype=np.float32),
-                         json.loads(attributes) if attributes else {})
+                         json.loads(attributes) if attributes else {}, info)
+
+
+def _infos(columns: dict[str, list[object]], rows: int) -> list[ObjectInfo]:
+    """Per row, the object metadata columns; an entry written before they existed has none."""
+    present = [name for name in INFO_COLUMNS if name in columns]
+    if not present:
+        return [ObjectInfo()] * rows
+    return [ObjectInfo(**{name: columns[name][row] for name in present})  # type: ignore[arg-type]
+            for row in range(rows)]
 
 
 class ShardLog:
@@ -200,3 +247,46 @@ class ShardLog:
                 return
             yield decode_entry(storage.read_bytes(storage.join(self.prefix, name)))
             expected += 1
+
+    def has_entry(self, seq: int) -> bool:
+        return storage.exists(self.uri_of(seq))
+
+    def read_range(self, after: int, upto: int, threads: int = 16) -> Iterator[LogEntry]:
+        """Exactly the entries ``after + 1 .. upto``, in order (compaction folds this range and
+        records ``upto``: one missing or unreadable entry must fail it, not shorten it). One
+        listing checks the range is whole; the entries are then fetched ``threads`` at a time
+        (one GET each: sequential GETs would make a long range slow)."""
+        if upto <= after:
+            return
+        self._check_whole(after, upto)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(after + 1, upto + 1, READ_CHUNK):
+                stop = min(start + READ_CHUNK, upto + 1)
+                yield from pool.map(self._read_checked, range(start, stop))
+
+    def _check_whole(self, after: int, upto: int) -> None:
+        expected = after + 1
+        for name in storage.list_names_after(self.prefix, entry_name(after) if after > 0 else ""):
+            found = seq_of(name)
+            if found is None:
+                continue
+            if found != expected:
+                break
+            if found == upto:
+                return
+            expected += 1
+        raise FailedPrecondition(
+            f"write-ahead log of shard {self.shard} at {self.prefix}: entry {expected} is "
+            f"missing (needed {after + 1}..{upto})"
+        )
+
+    def _read_checked(self, seq: int) -> LogEntry:
+        uri = self.uri_of(seq)
+        try:
+            entry = decode_entry(storage.read_bytes(uri))
+        except InvalidArgument as exc:
+            raise FailedPrecondition(f"unreadable log entry {uri}: {exc}") from None
+        if entry.seq != seq or entry.shard != self.shard:
+            raise FailedPrecondition(
+                f"log entry {uri} says it is entry {entry.seq} of shard {entry.shard}")
+        return entry

@@ -43,8 +43,9 @@ class CacheConfig:
 
     result_cache_bytes: int = option(
         64 * 1024 * 1024, non_negative=True, metavar="BYTES",
-        help="memory for cached search answers (0 = off); keyed by the index version, so a "
-             "roll never serves an old answer")
+        help="memory for cached search answers (0 = off); keyed by the index version and "
+             "each shard's log position, so neither a roll nor a write is answered from "
+             "before it")
     embedding_cache_bytes: int = option(
         32 * 1024 * 1024, non_negative=True, metavar="BYTES",
         help="memory for embeddings of query images, by content hash (0 = off)")
@@ -119,6 +120,12 @@ class CoordinatorConfig:
     wal: str = option("", metavar="URI",
                       help="write-ahead log root (path or s3://) for Upsert/Delete; the shards' "
                            "--wal must name the same (default: writes are off)")
+    # How often each shard's log is listed after its last known entry: the writes of other
+    # coordinators change this coordinator's result-cache keys at the latest this much later.
+    wal_tail_interval_s: float = option(
+        1.0, flag="--wal-tail-interval", positive=True, metavar="S",
+        help="seconds between listing the shards' logs for entries written by other "
+             "coordinators (bounds how long a cached answer can miss their writes)")
     # After a write is durable, replicas are told at once; this bounds the wait for them.
     wal_push_timeout_s: float = 0.5
     balancer: BalancerConfig = nested(BalancerConfig)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from cbir.cache import APPLIED_SEQ_METADATA
 from cbir.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from cbir.ids import shard_of
 from cbir.merge import MergedHit, ShardHits, merge_top_k
@@ -56,6 +57,30 @@ class SearchAnswer:
     failed_shards: tuple[int, ...]
     index_version: str
     metric: str
+    # Per shard (shard order), the log position its answer was computed at (0: none / no
+    # answer); what the result cache stores the answer under.
+    log_positions: tuple[int, ...] = ()
+    # Where a front end may keep its encoding of this immutable answer, so a cached answer is
+    # encoded once, not on every hit (the gRPC servicer keeps its reply message here).
+    memo: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """An indexed image's stored vector and the log position of the state it came from."""
+
+    vector: np.ndarray
+    shard: int
+    applied_seq: int
+
+
+def applied_seq_of(metadata: grpc.aio.Metadata | None) -> int:
+    """The shard's log position from GetVectors' trailing metadata (0 when absent)."""
+    value = metadata.get(APPLIED_SEQ_METADATA) if metadata is not None else None
+    try:
+        return int(value) if isinstance(value, str) else 0
+    except ValueError:
+        return 0
 
 
 def majority(values: list[str]) -> str:
@@ -109,12 +134,21 @@ class DistributedSearch:
         return {s: a for s, a in enumerate(answers) if a is not None}
 
     async def vector_of(self, image_id: int, deadline: float, request_id: str) -> np.ndarray:
+        return (await self.stored_vector(image_id, deadline, request_id)).vector
+
+    async def stored_vector(self, image_id: int, deadline: float, request_id: str
+                            ) -> StoredVector:
         shard = shard_of(image_id, self.num_shards)  # the data contract, not a copy of it
         request = cbir_pb2.GetVectorsRequest(image_ids=[image_id], request_id=request_id)
+
+        async def call(stub: cbir_pb2_grpc.ShardStub, timeout: float
+                       ) -> tuple[cbir_pb2.GetVectorsResponse, int]:
+            rpc = stub.GetVectors(request, timeout=timeout)
+            reply = await rpc
+            return reply, applied_seq_of(await rpc.trailing_metadata())
+
         try:
-            reply = await self.fanout.call(
-                shard, lambda stub, t: stub.GetVectors(request, timeout=t), deadline
-            )
+            reply, applied_seq = await self.fanout.call(shard, call, deadline)
         except ShardCallFailed as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"unknown image id {image_id}") from exc
@@ -128,7 +162,8 @@ class DistributedSearch:
         if image_id not in reply.image_ids or reply.dim <= 0:
             raise NotFound(f"unknown image id {image_id}")
         vectors = np.frombuffer(reply.vectors, dtype="<f4").reshape(-1, reply.dim)
-        return np.array(vectors[list(reply.image_ids).index(image_id)], dtype=np.float32)
+        vector = np.array(vectors[list(reply.image_ids).index(image_id)], dtype=np.float32)
+        return StoredVector(vector, shard, applied_seq)
 
     async def search(
         self,
@@ -171,7 +206,9 @@ class DistributedSearch:
         hits, metric = self._merge(answers, k, exclude_id)
         failed = tuple(s for s in range(self.num_shards) if s not in hits)
         merged = merge_top_k(list(hits.values()), k, metric, exclude_id)
-        return SearchAnswer(merged, failed, version, metric)
+        positions = tuple(answers[s][0].applied_seq if s in hits else 0
+                          for s in range(self.num_shards))
+        return SearchAnswer(merged, failed, version, metric, positions)
 
     async def _batched(
         self, query: np.ndarray, k: int, params: cbir_pb2.SearchParams, version: str,

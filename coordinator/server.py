@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import time
@@ -22,8 +21,9 @@ from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.security import server_credentials
 from cbir.rpc.serving import Serving
 from coordinator.caching import QueryCaches
-from coordinator.config import CacheConfig, CoordinatorConfig
+from coordinator.config import CoordinatorConfig
 from coordinator.fanout import Fanout
+from coordinator.log_positions import LogPositions, LogTail
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.query_embedder import EmbeddingRunner, QueryEmbedder, load_query_embedder
 from coordinator.search import DistributedSearch, cluster_info
@@ -53,14 +53,6 @@ def topology_source(config: CoordinatorConfig) -> TopologySource:
     return DnsTopology(config.shard_dns, config.num_shards, dnspython_resolver(config.dns_server))
 
 
-def answer_cache_config(config: CoordinatorConfig) -> CacheConfig:
-    """No answer cache with live writes: its key does not yet carry the shards' applied log
-    positions (other coordinators write too), so a cached answer could return a deleted image.
-    The embedding cache stays."""
-    return dataclasses.replace(config.cache, result_cache_bytes=0) if config.wal \
-        else config.cache
-
-
 def default_embedder_factory(config: CoordinatorConfig) -> EmbedderFactory | None:
     if not config.image_queries:
         return None
@@ -88,12 +80,16 @@ class CoordinatorServer:
         auth = config.security.auth
         interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
         self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
+        # The result cache's keys carry the shards' log positions (coordinator.log_positions).
+        self.positions = LogPositions(config.num_shards)
+        self.fanout.view.positions = self.positions
+        self.log_tail = LogTail(config.wal, self.positions) if config.wal else None
         self.service = QueryService(config.limits, self.state, self.search,
                                     config.deadline_margin_s,
-                                    QueryCaches(answer_cache_config(config),
-                                                self.metrics.cache_lookups))
+                                    QueryCaches(config.cache, self.metrics.cache_lookups,
+                                                self.positions))
         self.writes = WriteService(config.wal, config.num_shards, self.state, self.fanout,
-                                   config.limits, config.wal_push_timeout_s) \
+                                   config.limits, config.wal_push_timeout_s, self.positions) \
             if config.wal else None
         servicer = CoordinatorServicer(self.service, self.metrics, self.writes)
         cbir_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.serving.server)
@@ -119,6 +115,9 @@ class CoordinatorServer:
             loop.create_task(_every(self.poll_versions, lambda: self.config.version_interval_s,
                                     "index version polling")),
         ]
+        if self.log_tail is not None:
+            self._tasks.append(loop.create_task(_every(
+                self.log_tail.poll, lambda: self.config.wal_tail_interval_s, "log tail")))
         if self._embedder_factory is not None:
             self._tasks.append(loop.create_task(self._load_embedder(self._embedder_factory)))
         log.info("coordinator listening on %s:%d", self.config.host, self.port)

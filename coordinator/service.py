@@ -128,12 +128,12 @@ class QueryService:
         key = self._answer_key(query, k, info)
         if (cached := self.caches.get_answer(key)) is not None:
             return cached
-        vector, exclude = await self._query_vector(query, info, deadline)
+        vector, exclude, source = await self._query_vector(query, info, deadline)
         answer = await self.search_engine.search(
             prepare_query(vector, info.metric), k, query.params, exclude, deadline,
             query.request_id, filter_text=query.filter.strip(),
         )
-        self.caches.put_answer(key, answer)
+        self.caches.put_answer(key, answer, source)
         return answer
 
     def _answer_key(self, query: Query, k: int, info: ClusterInfo) -> AnswerKey | None:
@@ -146,9 +146,11 @@ class QueryService:
             info.num_shards)
 
     async def _query_vector(self, query: Query, info: ClusterInfo, deadline: float
-                            ) -> tuple[np.ndarray, int | None]:
+                            ) -> tuple[np.ndarray, int | None, tuple[int, int] | None]:
+        """The query vector, the id to leave out, and for an indexed image the (shard, log
+        position) its stored vector was read at (what a cached answer depends on too)."""
         if query.vector is not None:
-            return check_vector(query.vector, info.dim), None
+            return check_vector(query.vector, info.dim), None, None
         if query.image is not None:
             check_image_bytes(query.image, self.limits)
             runner = self.state.require_embedder(info)
@@ -156,10 +158,11 @@ class QueryService:
             if vector is None:
                 vector = await runner.embed(query.image)
                 self.caches.put_embedding(digest, vector)
-            return vector, None
+            return vector, None, None
         if query.image_id is not None:
             check_image_id(query.image_id)
-            vector = await self.search_engine.vector_of(query.image_id, deadline,
-                                                        query.request_id)
-            return vector, (query.image_id if query.exclude_query_image else None)
+            stored = await self.search_engine.stored_vector(query.image_id, deadline,
+                                                            query.request_id)
+            return (stored.vector, query.image_id if query.exclude_query_image else None,
+                    (stored.shard, stored.applied_seq))
         raise InvalidArgument("the request needs one of: image, vector, image_id")

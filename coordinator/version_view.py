@@ -8,6 +8,7 @@ import logging
 
 import grpc
 
+from coordinator.log_positions import LogPositions
 from coordinator.replica_pool import ReplicaPool
 from coordinator.versions import VersionTracker
 from protos import cbir_pb2
@@ -24,6 +25,9 @@ class VersionView:
         self._pin_key: tuple[int, ...] | None = None
         self._pin: str | None = None
         self._holders: dict[tuple[int, str], set[str]] = {}
+        # Where the replicas' applied log positions go (the result cache's keys); set by the
+        # server. The poll is how a coordinator whose cache keeps hitting still learns them.
+        self.positions: LogPositions | None = None
 
     def _epoch(self) -> tuple[int, ...]:
         return (self.versions.generation, *self.pool.generations())
@@ -72,3 +76,5 @@ class VersionView:
         if replica.retired:  # removed while we asked: its answer must not bring it back
             return
         self.versions.report(shard, address, stats.held_versions or [stats.index_version])
+        if self.positions is not None:
+            self.positions.learn(shard, stats.applied_seq)

@@ -22,9 +22,17 @@ from cbir import storage
 from cbir.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from cbir.limits import Limits
 from coordinator.fanout import Fanout
+from coordinator.log_positions import LogPositions
 from coordinator.query_embedder import check_image_bytes
 from coordinator.service import CoordinatorState
-from coordinator.writes import OK, ItemResult, UpsertItem, WriteRouter, WriteTarget
+from coordinator.writes import (
+    OK,
+    FetchedObject,
+    ItemResult,
+    UpsertItem,
+    WriteRouter,
+    WriteTarget,
+)
 from protos import cbir_pb2
 
 log = logging.getLogger(__name__)
@@ -32,7 +40,8 @@ log = logging.getLogger(__name__)
 
 class WriteService:
     def __init__(self, wal_root: str, num_shards: int, state: CoordinatorState, fanout: Fanout,
-                 limits: Limits, push_timeout_s: float = 0.5) -> None:
+                 limits: Limits, push_timeout_s: float = 0.5,
+                 positions: LogPositions | None = None) -> None:
         self.wal_root = wal_root
         self.num_shards = num_shards
         self.state = state
@@ -40,6 +49,7 @@ class WriteService:
         self.limits = limits
         self.push_timeout_s = push_timeout_s
         self._router: WriteRouter | None = None
+        self.positions = positions  # the result cache's keys learn each durable entry
 
     def router(self) -> WriteRouter:
         """The router for what the shards serve (rebuilt if their dim / model changes)."""
@@ -52,7 +62,7 @@ class WriteService:
                 f"shards serve several model versions {sorted(info.model_versions)}: writes "
                 "wait until one is served")
         target = WriteTarget(self.wal_root, self.num_shards, info.dim,
-                             next(iter(info.model_versions)))
+                             next(iter(info.model_versions)), info.metadata_columns)
         if self._router is None or self._router.target != target:
             self._router = WriteRouter(target, self._embed, self._fetch)
         return self._router
@@ -80,11 +90,12 @@ class WriteService:
         runner = self.state.require_embedder(self.state.require_info())
         return await runner.embed(image)
 
-    async def _fetch(self, key: str) -> bytes:
+    async def _fetch(self, key: str) -> FetchedObject:
         prefix = await asyncio.to_thread(storage.read_prefix, key, self.limits.max_image_bytes)
         if len(prefix.data) > self.limits.max_image_bytes:
             raise ResourceExhausted(f"{key}: object exceeds {self.limits.max_image_bytes} bytes")
-        return prefix.data
+        return FetchedObject(prefix.data, prefix.content_type, prefix.last_modified,
+                             prefix.user_metadata)
 
     async def push(self, results: Sequence[ItemResult]) -> None:
         """Tell every live replica of each written shard to catch up (best effort, bounded)."""
@@ -92,6 +103,9 @@ class WriteService:
         for r in results:
             if r.status == OK:
                 newest[r.shard] = max(newest.get(r.shard, 0), r.seq)
+        if self.positions is not None:  # before the ack: the caller's next search misses
+            for shard, seq in newest.items():
+                self.positions.learn(shard, seq)
         live = self.fanout.live_addresses()
         deadline = time.monotonic() + self.push_timeout_s
         calls = [self._push_one(shard, address, seq, deadline)

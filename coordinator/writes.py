@@ -5,19 +5,29 @@ the request's); the good ones are grouped by ``image_id % num_shards`` and appen
 shard's write-ahead log, all shards at once. An item is acknowledged ("ok", with its shard and
 log position) only after its shard's entry exists; if one shard's log cannot be written, that
 shard's items answer "unavailable" and may be retried: upserts and deletes are idempotent.
+
+An upserted row gets the metadata a backfilled row has (docs/live_updates.md): from image bytes
+their size, width, height (after EXIF orientation) and content type; from a fetched object also
+S3's Content-Type, Last-Modified and user metadata (``x-amz-meta-*``, as attributes under the
+item's own); nothing for an upsert by vector. Attributes are checked against the column types
+the shards report (``cbir.live_metadata``): one that does not fit its column is the item's error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import io
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from cbir import ids, storage
 from cbir.errors import CbirError
-from cbir.wal import Delete, Operation, ShardLog, Upsert
+from cbir.live_metadata import check_attributes
+from cbir.wal import Delete, ObjectInfo, Operation, ShardLog, Upsert
 
 OK, ERROR = "ok", "error"
 
@@ -46,10 +56,24 @@ class WriteTarget:
     num_shards: int
     dim: int
     model_version: str
+    # What a filter may name on the shards: (column, Arrow type), to check attributes against.
+    metadata_columns: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class FetchedObject:
+    """An object read from the store, with what its GET response said about it."""
+
+    data: bytes
+    content_type: str | None = None
+    last_modified: dt.datetime | None = None
+    user_metadata: dict[str, str] = field(default_factory=dict)
 
 
 Embed = Callable[[bytes], Awaitable[np.ndarray]]  # raises a CbirError for a bad image
-Fetch = Callable[[str], Awaitable[bytes]]
+Fetch = Callable[[str], Awaitable[FetchedObject]]
+# EXIF orientations that swap width and height (as cbir.embedding.preprocess applies them).
+_TRANSPOSING = {5, 6, 7, 8}
 
 
 def unit_vector(values: np.ndarray, dim: int) -> np.ndarray:
@@ -100,16 +124,25 @@ class WriteRouter:
             return ItemResult(item.key, -1, ERROR, problem)
         image_id = ids.image_id(item.key)
         try:
-            vector = await self._vector_of(item)
+            vector, info, attributes = await self._content_of(item)
         except (CbirError, ValueError) as exc:
             return ItemResult(item.key, image_id, ERROR, str(exc))
-        return Upsert(image_id, item.key, vector, dict(item.attributes))
+        problem = check_attributes(attributes, dict(self.target.metadata_columns))
+        if problem:
+            return ItemResult(item.key, image_id, ERROR, problem)
+        return Upsert(image_id, item.key, vector, attributes, info)
 
-    async def _vector_of(self, item: UpsertItem) -> np.ndarray:
+    async def _content_of(self, item: UpsertItem
+                          ) -> tuple[np.ndarray, ObjectInfo, dict[str, str]]:
+        """(unit vector, object metadata, attributes) of an item."""
         if item.vector is not None:
-            return unit_vector(item.vector, self.target.dim)
-        image = item.image if item.image is not None else await self.fetch(item.key)
-        return unit_vector(await self.embed(image), self.target.dim)
+            return unit_vector(item.vector, self.target.dim), ObjectInfo(), dict(item.attributes)
+        if item.image is not None:
+            fetched = FetchedObject(item.image)
+        else:
+            fetched = await self.fetch(item.key)
+        vector = unit_vector(await self.embed(fetched.data), self.target.dim)
+        return vector, object_info(fetched), {**fetched.user_metadata, **item.attributes}
 
     async def _commit(
         self, ops: list[tuple[int, Operation | ItemResult]], labels: Sequence[str]
@@ -143,6 +176,31 @@ class WriteRouter:
             return [(i, ItemResult(_key_of(op), op.image_id, ERROR, f"unavailable: {exc}", shard))
                     for i, op in batch]
         return [(i, ItemResult(_key_of(op), op.image_id, OK, "", shard, seq)) for i, op in batch]
+
+
+def object_info(fetched: FetchedObject) -> ObjectInfo:
+    """Size, width, height and content type of an embedded image (its header was read once
+    already by the embedder: this only reads it again, no pixels), plus what S3 said."""
+    width = height = None
+    kind = None
+    try:
+        with Image.open(io.BytesIO(fetched.data)) as img:
+            width, height = img.size
+            if _orientation(img) in _TRANSPOSING:
+                width, height = height, width
+            kind = Image.MIME.get(img.format or "")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        pass  # the embedder accepted it: an unreadable header only leaves the columns null
+    return ObjectInfo(size=len(fetched.data), width=width, height=height,
+                      content_type=fetched.content_type or kind,
+                      last_modified=fetched.last_modified)
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # malformed EXIF: upright, as the embedder reads it
+        return 1
 
 
 def _key_of(op: Operation) -> str:

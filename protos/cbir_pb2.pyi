@@ -47,7 +47,7 @@ class ShardSearchRequest(_message.Message):
     def __init__(self, vectors: _Optional[bytes] = ..., dim: _Optional[int] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., index_version: _Optional[str] = ..., request_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("shard", "num_queries", "k", "ids", "scores", "keys", "index_version", "metric")
+    __slots__ = ("shard", "num_queries", "k", "ids", "scores", "keys", "index_version", "metric", "applied_seq")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     NUM_QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class ShardSearchResponse(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_queries: int
     k: int
@@ -64,7 +65,8 @@ class ShardSearchResponse(_message.Message):
     keys: _containers.RepeatedScalarFieldContainer[str]
     index_version: str
     metric: str
-    def __init__(self, shard: _Optional[int] = ..., num_queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., keys: _Optional[_Iterable[str]] = ..., index_version: _Optional[str] = ..., metric: _Optional[str] = ...) -> None: ...
+    applied_seq: int
+    def __init__(self, shard: _Optional[int] = ..., num_queries: _Optional[int] = ..., k: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., keys: _Optional[_Iterable[str]] = ..., index_version: _Optional[str] = ..., metric: _Optional[str] = ..., applied_seq: _Optional[int] = ...) -> None: ...
 
 class GetVectorsRequest(_message.Message):
     __slots__ = ("image_ids", "request_id")

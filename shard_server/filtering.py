@@ -12,6 +12,13 @@ immutable, so a plan never goes stale; a new index version has its own cache):
   SearchParameters, and the ANN effort (nprobe / efSearch) is scaled by 1 / selectivity (capped
   by ``max_boost``), because the filtered top-k sit as deep in the unfiltered ranking as
   k / selectivity.
+
+The live index (docs/live_updates.md): the base part hides the tombstoned rows exactly (the
+brute-force path asks for as many more rows as the plan's rows are hidden; the selector path
+intersects the plan's selector with the tombstone selector), and the same compiled filter runs
+over the delta's metadata rows (``shard_server.delta``): the live delta rows that pass are
+searched exactly and merged with the base part, so a filtered answer stays exact for exact
+indexes and includes live upserts.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from cbir.filters import Filter, matching_rows, parse_filter
 from cbir.limits import Limits
 from cbir.options import option
 from shard_server.index_store import LoadedIndex
+from shard_server.live import kth_scores, without_hidden
+from shard_server.segments import LiveView, merge_top_k
 
 faiss: Any = _faiss  # the stubs lag the SWIG module (IDSelectorBatch, swig_ptr)
 
@@ -58,6 +67,7 @@ class FilterPlan:
     fraction: float  # of the shard's rows
     vectors: np.ndarray | None  # float32 (len(ids), dim) when answered by brute force
     selector: Any | None  # faiss.IDSelectorBatch when answered by the index
+    filter: Filter | None = None  # compiled for this index's schema (also the delta's)
 
     @property
     def nbytes(self) -> int:
@@ -93,9 +103,9 @@ def make_plan(loaded: LoadedIndex, flt: Filter, config: FilterConfig) -> FilterP
     ids = np.ascontiguousarray(loaded.ids[rows], dtype=np.int64)
     fraction = len(ids) / max(len(loaded.ids), 1)
     if len(ids) <= config.exact_rows or fraction <= config.exact_fraction:
-        return FilterPlan(ids, fraction, gather(loaded, ids), None)
+        return FilterPlan(ids, fraction, gather(loaded, ids), None, flt)
     selector = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
-    return FilterPlan(ids, fraction, None, selector)
+    return FilterPlan(ids, fraction, None, selector, flt)
 
 
 class FilterPlans:
@@ -154,13 +164,44 @@ def boosted(loaded: LoadedIndex, params: dict[str, int], fraction: float, config
     return out
 
 
-def filtered_search(loaded: LoadedIndex, plan: FilterPlan, queries: np.ndarray, k: int,
-                    params: dict[str, int], config: FilterConfig, limits: Limits
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) of the top-k rows that pass ``plan``; runs on a worker thread."""
+def without_tombstones(plan_selector: Any, view: LiveView) -> Any:
+    """The plan's selector, also refusing the view's tombstoned ids (an exact restriction)."""
+    hidden = view.base_selector()
+    if hidden is None:
+        return plan_selector
+    both = faiss.IDSelectorAnd(plan_selector, hidden)
+    both.referenced_objects = [plan_selector, hidden]  # SWIG holds raw pointers
+    return both
+
+
+def live_filtered_search(loaded: LoadedIndex, plan: FilterPlan, view: LiveView,
+                         queries: np.ndarray, k: int, params: dict[str, int],
+                         config: FilterConfig, limits: Limits
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k live rows that pass ``plan``: the base's (tombstones hidden) and the
+    delta's, merged exactly; runs on a worker thread."""
     if plan.vectors is not None:
-        return brute_force(plan.vectors, plan.ids, queries, k)
-    effort = boosted(loaded, params, plan.fraction, config, limits)
-    scores, ids = loaded.index.search(
-        queries, k, params=search_parameters(loaded.index, effort, plan.selector))
-    return scores, ids
+        hidden = int(np.isin(view.tombstones, plan.ids).sum()) if len(view.tombstones) else 0
+        scores, ids = brute_force(plan.vectors, plan.ids, queries, k + hidden)
+        scores, ids = without_hidden(view, scores, ids, k) if hidden else (scores, ids)
+    else:
+        effort = boosted(loaded, params, plan.fraction, config, limits)
+        selector = without_tombstones(plan.selector, view)
+        scores, ids = loaded.index.search(
+            queries, k, params=search_parameters(loaded.index, effort, selector))
+    rows = delta_rows(view, plan)
+    if not len(rows):
+        return scores, ids
+    delta_scores, delta_ids = view.delta_candidates(queries, k, rows, kth_scores(scores, ids))
+    if not delta_ids.shape[1]:
+        return scores, ids
+    return merge_top_k(scores, ids, delta_scores, delta_ids, k)
+
+
+def delta_rows(view: LiveView, plan: FilterPlan) -> np.ndarray:
+    """The live delta rows that pass the plan's filter (ascending)."""
+    delta = view.delta
+    if not delta.live_count or plan.filter is None:
+        return np.zeros(0, np.int64)
+    passing = delta.store.matching(plan.filter, delta.size) & delta.live_mask()
+    return np.flatnonzero(passing)

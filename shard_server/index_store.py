@@ -30,6 +30,7 @@ from cbir import index_layout, storage
 from cbir.errors import FailedPrecondition, ModelMismatch, NotFound, Unavailable
 from cbir.options import option
 from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
+from shard_server.delta import DEFAULT_SCHEMA
 from shard_server.live import LiveBox
 from shard_server.segments import LiveView
 
@@ -77,7 +78,9 @@ class LoadedIndex:
         object.__setattr__(self, "_key_data", data)
         # (getattr: unit tests build key-table-only instances without a manifest)
         dim, wal_seq = getattr(self.manifest, "dim", 1), getattr(self.manifest, "wal_seq", 0)
-        object.__setattr__(self, "live", LiveBox(LiveView.of_base(self.ids, dim, wal_seq)))
+        schema = self.metadata.schema if self.metadata is not None else DEFAULT_SCHEMA
+        object.__setattr__(self, "live",
+                           LiveBox(LiveView.of_base(self.ids, dim, wal_seq, schema)))
 
     @property
     def version(self) -> str:

@@ -53,8 +53,15 @@ def live_search(
     scores, ids = index.search(queries, k, params=search_parameters(index, params, selector))
     if not view.delta.live_count:
         return scores, ids
-    delta_scores, delta_ids = view.search_delta(queries, k)
+    delta_scores, delta_ids = view.delta_candidates(queries, k, floor=kth_scores(scores, ids))
+    if not delta_ids.shape[1]:  # no delta row can enter the top-k: the base answer stands
+        return scores, ids
     return merge_top_k(scores, ids, delta_scores, delta_ids, k)
+
+
+def kth_scores(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per query, the score of its k-th result, -inf where it has fewer than k."""
+    return np.where(ids[:, -1] >= 0, scores[:, -1], -np.inf)
 
 
 def delta_keys(view: LiveView, ids: np.ndarray, keys: list[str]) -> list[str]:
@@ -70,7 +77,7 @@ def delta_keys(view: LiveView, ids: np.ndarray, keys: list[str]) -> list[str]:
             continue
         row = view.delta.row_of.get(image_id)
         if row is None:
-            rows = np.flatnonzero(view.delta.ids[: view.delta.size] == image_id)
+            rows = np.flatnonzero(view.delta.ids == image_id)
             row = int(rows[-1]) if len(rows) else None
         if row is not None:
             out[i] = view.delta.keys[row]

@@ -3,7 +3,8 @@ URI of the index version root to serve, e.g. ``s3://b/indexes/CURRENT`` -> ``s3:
 
 Flipping it is one atomic write (a single PUT on S3, temp + rename locally), so a watcher reads
 either the old or the new URI, never a torn one. Shard servers started with ``--index-pointer``
-poll it and run the same load-check-swap as the ``LoadIndex`` RPC when it changes.
+poll it and run the same load-check-swap as the ``LoadIndex`` RPC when it changes
+(``cbir.index_pointer`` reads and writes it; this module decides when to reload).
 """
 
 from __future__ import annotations
@@ -11,40 +12,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cbir import index_layout, storage
-from cbir.errors import InvalidArgument, NotFound
-from cbir.rpc.logs import has_control_chars
-from cbir.schema import INDEX_MANIFEST
+from cbir.index_pointer import MAX_POINTER_BYTES, read_pointer, write_pointer
 
-MAX_POINTER_BYTES = 4096
-
-
-def read_pointer(pointer_uri: str) -> str:
-    """The index URI the pointer names (stripped); NotFound / InvalidArgument when unusable.
-    The content is storage data: errors describe it, never quote it (it reaches the logs)."""
-    data = storage.read_bytes(pointer_uri)
-    if len(data) > MAX_POINTER_BYTES:
-        raise InvalidArgument(f"index pointer {pointer_uri} is {len(data)} bytes; not a pointer")
-    try:
-        target = data.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"index pointer {pointer_uri} is not UTF-8 text") from exc
-    if not target or "\n" in target:
-        raise InvalidArgument(f"index pointer {pointer_uri} must hold exactly one URI")
-    if has_control_chars(target):
-        raise InvalidArgument(f"index pointer {pointer_uri} holds control characters")
-    return target
-
-
-def write_pointer(pointer_uri: str, target: str, check: bool = True) -> None:
-    """Point ``pointer_uri`` at ``target`` atomically. With ``check``, the target must be a
-    committed index (its top-level manifest, written last by the build, exists)."""
-    target = target.strip()
-    if not target or "\n" in target or has_control_chars(target):
-        raise InvalidArgument("the index URI must be one non-empty line of printable text")
-    if check and not storage.exists(index_layout.index_manifest_uri(target)):
-        raise NotFound(f"{target} is not a committed index (no {INDEX_MANIFEST})")
-    storage.write_bytes(pointer_uri, (target + "\n").encode("utf-8"))
+# Reading and flipping the pointer live in the core (the compaction job flips it too).
+__all__ = ["MAX_POINTER_BYTES", "PointerWatch", "read_pointer", "write_pointer"]
 
 
 @dataclass

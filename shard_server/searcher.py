@@ -23,14 +23,13 @@ from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.options import nested, option
 from cbir.wal import ShardLog
 from shard_server.batcher import BatchConfig, SearchBatcher
-from shard_server.filtering import FilterConfig, FilterPlans, filtered_search
+from shard_server.filtering import FilterConfig, FilterPlans, live_filtered_search
 from shard_server.index_store import Expectations, IndexStore, LoadedIndex, load_shard
 from shard_server.live import (
     delta_keys,
     limit_numpy_blas_threads,
     live_search,
     split_live_ids,
-    without_hidden,
 )
 from shard_server.log_follower import LogFollower
 
@@ -43,6 +42,7 @@ class SearchResult:
     scores: np.ndarray  # float32 (n, k)
     keys: list[str]  # n * k, "" where id = -1
     index_version: str
+    applied_seq: int = 0  # log position of the live state read (a lower bound, see search)
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class VectorsResult:
     keys: list[str]
     missing: list[int]
     dim: int
+    applied_seq: int = 0  # log position of the live state the vectors came from
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,9 @@ class ShardSearcher:
     async def search(self, data: bytes, dim: int, k: int, params: dict[str, int],
                      index_version: str = "", filter_text: str = "") -> SearchResult:
         loaded = self.store.get(index_version)
+        # Read before the search: views only move forward, so the state searched is at least
+        # this new. A lower bound is what a cache key may carry (never a newer claim).
+        applied_seq = loaded.live.get().applied_seq
         check_k(k, self.config.limits)
         queries = decode_queries(data, dim, loaded.manifest.dim, self.config.limits)
         merged = merge_params(self.defaults(loaded), params, self.config.limits)
@@ -199,7 +203,7 @@ class ShardSearcher:
             scores, ids = await self._batcher.search(loaded, queries, k, merged)
         self.queries_served += len(queries)
         keys = delta_keys(loaded.live.get(), ids, loaded.keys_of(ids))
-        return SearchResult(ids, scores, keys, loaded.version)
+        return SearchResult(ids, scores, keys, loaded.version, applied_seq)
 
     async def _filtered(self, loaded: LoadedIndex, text: str, queries: np.ndarray, k: int,
                         params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -208,12 +212,8 @@ class ShardSearcher:
 
         def run() -> tuple[np.ndarray, np.ndarray]:
             plan = self.filter_plans.plan(loaded, text)
-            # The live index: ask for as many more as rows are hidden, then drop those.
-            view = loaded.live.get()
-            more = min(len(view.tombstones), self.config.limits.max_k)
-            scores, ids = filtered_search(loaded, plan, queries, k + more, params,
-                                          self.config.filter, self.config.limits)
-            return without_hidden(view, scores, ids, k)
+            return live_filtered_search(loaded, plan, loaded.live.get(), queries, k, params,
+                                        self.config.filter, self.config.limits)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
@@ -240,7 +240,7 @@ class ShardSearcher:
             else:
                 vectors[row], base_row = base_vectors[base_row], base_row + 1
         return VectorsResult(wanted[found].tolist(), vectors, keys, wanted[~found].tolist(),
-                             loaded.manifest.dim)
+                             loaded.manifest.dim, view.applied_seq)
 
     async def load(self, index_uri: str) -> tuple[LoadedIndex, LoadedIndex | None]:
         """Load ``index_uri`` beside the serving version, check it, swap; the old one keeps

@@ -4,9 +4,10 @@ Upserts go to the delta (searched exactly, brute force) and hide the same id in 
 tombstone; deletes remove the id from the delta and tombstone it in the base. Searches read one
 immutable ``LiveView``; applying a log entry builds the next view and the caller swaps it in with
 one reference assignment, like an index roll, so a search never sees half an entry and the base
-index is never mutated under a reader. The delta's rows live in a grow-only buffer: a new view
-appends rows past the old view's end and marks superseded rows dead in its own mask, so older
-views keep reading exactly what they saw.
+index is never mutated under a reader. The delta's rows live in a grow-only store
+(``shard_server.delta``): a new view appends rows past the old view's end and lists superseded
+rows as dead in its own array, so older views keep reading exactly what they saw. Each delta row
+carries its metadata (typed like the base's metadata table), so filters cover the delta too.
 """
 
 from __future__ import annotations
@@ -16,32 +17,44 @@ from typing import Any
 
 import faiss as _faiss
 import numpy as np
+import pyarrow as pa
 
 from cbir.errors import InvalidArgument
-from cbir.wal import Delete, LogEntry, Upsert
+from cbir.wal import LogEntry, Upsert
+from shard_server.delta import DEFAULT_SCHEMA, DeltaStore
 
 faiss: Any = _faiss  # the stubs lag the SWIG module (IDSelectorNot, ...)
 
 
 @dataclass(frozen=True)
 class DeltaRows:
-    """The delta's rows ``[0, size)`` of a shared grow-only buffer, and which are live."""
+    """The delta's rows ``[0, size)`` of a shared grow-only store, and which are live."""
 
-    buffer: np.ndarray  # float32 (capacity, dim); rows < size never change once written
-    ids: np.ndarray  # int64 (capacity,)
-    keys: tuple[str, ...]  # size
+    store: DeltaStore
     size: int
-    dead: np.ndarray  # bool (size,): superseded or deleted rows
+    dead_rows: np.ndarray  # int64, sorted: superseded or deleted rows below size
     row_of: dict[int, int] = field(default_factory=dict)  # live id -> row
 
     @staticmethod
-    def empty(dim: int, capacity: int = 1024) -> DeltaRows:
-        return DeltaRows(np.zeros((capacity, dim), np.float32), np.full(capacity, -1, np.int64),
-                         (), 0, np.zeros(0, bool))
+    def empty(dim: int, schema: pa.Schema = DEFAULT_SCHEMA) -> DeltaRows:
+        return DeltaRows(DeltaStore(dim, schema), 0, np.zeros(0, np.int64))
 
     @property
     def live_count(self) -> int:
         return len(self.row_of)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.store.ids[: self.size]
+
+    @property
+    def keys(self) -> list[str]:
+        return self.store.keys
+
+    def live_mask(self) -> np.ndarray:
+        live = np.ones(self.size, bool)
+        live[self.dead_rows] = False
+        return live
 
 
 @dataclass(frozen=True)
@@ -55,13 +68,16 @@ class LiveView:
     _selector: Any = None
 
     @staticmethod
-    def of_base(base_ids: np.ndarray, dim: int, applied_seq: int = 0) -> LiveView:
+    def of_base(base_ids: np.ndarray, dim: int, applied_seq: int = 0,
+                schema: pa.Schema = DEFAULT_SCHEMA) -> LiveView:
+        """The view of a base alone; ``schema`` is the base's metadata table's (the delta's
+        metadata rows get exactly these columns and types)."""
         ids = np.sort(np.asarray(base_ids, dtype=np.int64))
-        return LiveView(ids, DeltaRows.empty(dim), applied_seq=applied_seq)
+        return LiveView(ids, DeltaRows.empty(dim, schema), applied_seq=applied_seq)
 
     @property
     def dim(self) -> int:
-        return int(self.delta.buffer.shape[1])
+        return self.delta.store.dim
 
     @property
     def count(self) -> int:
@@ -101,28 +117,64 @@ class LiveView:
             object.__setattr__(self, "_selector", selector)
         return self._selector
 
+    def delta_candidates(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None,
+                         floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Unordered top-k candidates of the live delta rows (or of live ``rows``): (scores,
+        ids), at most k per query, -inf / -1 where fewer; for ``merge_top_k`` to order.
+        ``floor`` (per query: the k-th score a merge partner already has, -inf if it has
+        fewer): only rows scoring at least that much can enter the merged top-k (ties
+        included, they are ordered by id), which spares a single query the partition."""
+        if floor is not None and len(queries) == 1:
+            return self._single_candidates(queries, k, rows, float(floor[0]))
+        store, size = self.delta.store, self.delta.size
+        if rows is None:
+            sims = queries @ store.columns[:, :size]
+            if len(self.delta.dead_rows):
+                sims[:, self.delta.dead_rows] = -np.inf
+            ids = store.ids[:size]
+        else:
+            sims, ids = queries @ store.columns[:, rows], store.ids[rows]
+        return _top_k_of(sims, ids, k)
+
+    def _single_candidates(self, queries: np.ndarray, k: int, rows: np.ndarray | None,
+                           floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """One query: only the few rows at or above ``floor`` are looked at past the product
+        (dead rows are dropped from those, not masked over the whole delta)."""
+        store, size = self.delta.store, self.delta.size
+        columns = store.columns[:, :size] if rows is None else store.columns[:, rows]
+        sims = queries[0] @ columns
+        above = np.flatnonzero(sims >= floor)
+        if rows is not None:
+            found = rows[above]
+        else:
+            found = above
+            dead = self.delta.dead_rows
+            if len(dead) and len(found):
+                pos = np.minimum(np.searchsorted(dead, found), len(dead) - 1)
+                keep = dead[pos] != found
+                found, above = found[keep], above[keep]
+        return _top_k_of(sims[above][None, :], store.ids[found], k)
+
     def search_delta(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner-product top-k over the live delta rows: (scores, ids), -1 padded."""
-        n = len(queries)
-        scores = np.full((n, k), -np.inf, np.float32)
-        ids = np.full((n, k), -1, np.int64)
-        size = self.delta.size
-        if not self.delta.live_count:
-            return scores, ids
-        sims = queries @ self.delta.buffer[:size].T
-        sims[:, self.delta.dead] = -np.inf
-        take = min(k, self.delta.live_count)
-        top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
-        top_scores = np.take_along_axis(sims, top, axis=1)
-        scores[:, :take] = top_scores
-        ids[:, :take] = self.delta.ids[top]
+        scores, ids = self.delta_candidates(queries, k)
         return merge_top_k(scores, ids, scores[:, :0], ids[:, :0], k)
 
     def delta_vector(self, image_id: int) -> tuple[np.ndarray, str] | None:
         row = self.delta.row_of.get(image_id)
         if row is None:
             return None
-        return self.delta.buffer[row].copy(), self.delta.keys[row]
+        return self.delta.store.columns[:, row].copy(), self.delta.keys[row]
+
+
+def _top_k_of(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered top-k columns of ``sims`` (n, m) with their ids (m,); -1 where not finite."""
+    if k < len(ids):
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        sims, ids = np.take_along_axis(sims, top, axis=1), ids[top]
+    else:
+        ids = np.broadcast_to(ids, sims.shape)
+    return sims, np.where(np.isfinite(sims), ids, -1)
 
 
 def _apply_to_delta(delta: DeltaRows, entry: LogEntry, dim: int) -> tuple[DeltaRows, set[int]]:
@@ -133,39 +185,24 @@ def _apply_to_delta(delta: DeltaRows, entry: LogEntry, dim: int) -> tuple[DeltaR
                 f"upsert of {upsert.image_id}: vector has shape {upsert.vector.shape}, "
                 f"the shard serves dim {dim}"
             )
-    buffer, ids = _with_room(delta.buffer, delta.ids, delta.size + len(upserts))
-    keys = list(delta.keys)
-    dead = np.concatenate([delta.dead, np.zeros(len(upserts), bool)])
+    # Rows past this view were written for views never published (a later entry of their
+    # round failed): nobody reads them, so they are dropped and written again.
+    delta.store.truncate(delta.size)
     row_of = dict(delta.row_of)
-    size = delta.size
+    row = delta.store.append(upserts)
+    dead: list[int] = []
     touched: set[int] = set()
     for op in entry.operations:
         old = row_of.pop(op.image_id, None)
         if old is not None:
-            dead[old] = True
+            dead.append(old)
         touched.add(op.image_id)
-        if isinstance(op, Delete):
-            continue
-        buffer[size] = op.vector
-        ids[size] = op.image_id
-        keys.append(op.key)
-        row_of[op.image_id] = size
-        size += 1
-    dead = dead[:size]
-    return DeltaRows(buffer, ids, tuple(keys), size, dead, row_of), touched
-
-
-def _with_room(buffer: np.ndarray, ids: np.ndarray, needed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same buffers when they have room (rows past every view's end are free to write),
-    else copies twice as large (older views keep the old ones)."""
-    if needed <= len(buffer):
-        return buffer, ids
-    capacity = max(needed, 2 * len(buffer))
-    grown = np.zeros((capacity, buffer.shape[1]), np.float32)
-    grown[: len(buffer)] = buffer
-    grown_ids = np.full(capacity, -1, np.int64)
-    grown_ids[: len(ids)] = ids
-    return grown, grown_ids
+        if isinstance(op, Upsert):
+            row_of[op.image_id] = row
+            row += 1
+    dead_rows = np.union1d(delta.dead_rows, np.array(dead, np.int64)) if dead else \
+        delta.dead_rows
+    return DeltaRows(delta.store, row, dead_rows, row_of), touched
 
 
 def merge_top_k(
@@ -173,10 +210,15 @@ def merge_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact per-row top-k of two result sets (higher score first, ties by smaller id; -1 ids
     are padding and sort last)."""
-    scores = np.concatenate([scores_a, scores_b], axis=1).astype(np.float32)
+    if len(scores_a) == 1 and scores_a.shape[1] + scores_b.shape[1] <= _SMALL_MERGE:
+        return _merge_one(scores_a[0], ids_a[0], scores_b[0], ids_b[0], k)
+    scores = np.concatenate([scores_a, scores_b], axis=1).astype(np.float32, copy=False)
     ids = np.concatenate([ids_a, ids_b], axis=1)
-    scores = np.where(ids < 0, -np.inf, scores)
-    order = np.lexsort((ids, -scores.astype(np.float64)), axis=1)[:, :k]
+    padding = ids < 0
+    if padding.any():
+        scores = np.where(padding, -np.inf, scores)
+    # Negating a float32 is exact, so the order is the scores' own.
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]
     out_scores = np.take_along_axis(scores, order, axis=1)
     out_ids = np.take_along_axis(ids, order, axis=1)
     out_ids = np.where(np.isfinite(out_scores), out_ids, -1)
@@ -184,4 +226,24 @@ def merge_top_k(
     if pad > 0:
         out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
+    return out_scores, out_ids
+
+
+_SMALL_MERGE = 64  # below this many candidates a Python sort beats numpy's per-call overheads
+
+
+def _merge_one(scores_a: np.ndarray, ids_a: np.ndarray, scores_b: np.ndarray,
+               ids_b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``merge_top_k`` for one query and a few candidates (the live path's common case)."""
+    ranked = sorted(
+        (-score, image_id)
+        for score, image_id in zip([*scores_a.tolist(), *scores_b.tolist()],
+                                   [*ids_a.tolist(), *ids_b.tolist()], strict=True)
+        if image_id >= 0 and score > -np.inf
+    )[:k]
+    out_scores = np.full((1, k), -np.inf, np.float32)
+    out_ids = np.full((1, k), -1, np.int64)
+    if ranked:
+        out_scores[0, : len(ranked)] = [-score for score, _ in ranked]
+        out_ids[0, : len(ranked)] = [image_id for _, image_id in ranked]
     return out_scores, out_ids

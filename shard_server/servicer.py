@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from cbir.cache import APPLIED_SEQ_METADATA
 from cbir.faiss_params import EF_SEARCH, NPROBE
 from cbir.rpc.logs import clean_request_id, safe_text
 from cbir.rpc.status import grpc_errors, status_for
@@ -95,6 +96,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             keys=result.keys,
             index_version=result.index_version,
             metric="ip",
+            applied_seq=result.applied_seq,
         )
 
     @grpc_errors
@@ -103,6 +105,9 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
         self, request: cbir_pb2.GetVectorsRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.GetVectorsResponse:
         result = await self.searcher.get_vectors(list(request.image_ids))
+        # The message has no field for it: the log position rides in trailing metadata (the
+        # coordinator's cache keys image-id answers by the state the query vector came from).
+        context.set_trailing_metadata(((APPLIED_SEQ_METADATA, str(result.applied_seq)),))
         return cbir_pb2.GetVectorsResponse(
             dim=result.dim,
             image_ids=result.ids,

@@ -75,6 +75,10 @@ class BuildConfig:
         None, non_negative=True, metavar="K", help="build shard K only (one pod per shard, "
         "e.g. a Kubernetes Indexed Job); the process that completes the set writes the manifest")
 
+    # Per shard, the log position the embeddings already hold (set by ``cbir compact``, which
+    # folds the write-ahead log in); written into each shard manifest as ``wal_seq``.
+    wal_seqs: tuple[int, ...] = ()
+
     @property
     def memory_budget_bytes(self) -> int:
         return int(self.memory_budget_gb * select.GIB)
@@ -179,7 +183,7 @@ def plan(config: BuildConfig, skip: int = 0) -> Plan:
     base = ShardTask(0, config.num_shards, config.embeddings, config.output, embed.dim, factory,
                      version, embed.model, embed.model_version, config.target_recall,
                      config.tune_queries, config.seed, config.faiss_threads,
-                     metadata.attribute_names(dataset))
+                     metadata.attribute_names(dataset), config.wal_seqs)
     shards = range(config.num_shards) if config.shard_only is None else [config.shard_only]
     parts = partition.part_tasks(dataset, config.embeddings, config.num_shards)
     return Plan([replace(base, shard=s) for s in shards], trained, embed, parts,
@@ -223,6 +227,9 @@ def check(config: BuildConfig) -> None:
         raise errors.InvalidArgument(
             f"--shard-only must be in [0, {config.num_shards}), got {config.shard_only}"
         )
+    if config.wal_seqs and len(config.wal_seqs) != config.num_shards:
+        raise errors.InvalidArgument(f"{len(config.wal_seqs)} log positions for "
+                                     f"{config.num_shards} shards")
     storage.endpoint_url()  # a malformed AWS_ENDPOINT_URL
     engines.check(config.engine)
     storage.check_writable(config.output)

@@ -50,6 +50,8 @@ class ShardTask:
     seed: int
     faiss_threads: int
     attribute_names: tuple[str, ...] = ()  # of the whole run: the same columns on every shard
+    # Per shard, the write-ahead log position this build folds in (compaction); () = none.
+    wal_seqs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def _commit(task: ShardTask, index_file: tuple[Path, str], count: int, kept: Kep
         metric="ip", factory=task.factory, search_params=tuned.search_params,
         model=task.model, model_version=task.model_version, index_version=task.index_version,
         checksum=checksum, recall_at_10=tuned.recall_at_10,
+        wal_seq=task.wal_seqs[task.shard] if task.wal_seqs else 0,
     )
     write_manifest(storage.join(shard_root, INDEX_MANIFEST), manifest)  # the commit
     return manifest

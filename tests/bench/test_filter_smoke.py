@@ -32,5 +32,10 @@ def test_bench_filter_smoke(tmp_path: Path) -> None:
     for side in ("cache_off", "cache_on"):
         for kind in ("by_vector", "by_image_id"):
             assert zipf[side][kind]["queries"] > 0 and zipf[side][kind]["qps"] > 0
+    for kind in ("by_vector", "by_image_id"):
+        # Every repeat in the stream is a hit: the hit rate is the stream's repeat share.
+        assert abs(zipf["cache_on"][kind]["hit_rate"] - zipf["stream_repeat_share"]) < 0.03
+        assert 0.5 < zipf["stream_repeat_share"] < 1
+        assert "hit_rate" not in zipf["cache_off"][kind]
     assert set(result["targets"]) >= {"zipf_cache_qps_vs_off_by_vector",
                                       "filtered_recall@10_min"}

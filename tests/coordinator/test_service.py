@@ -14,7 +14,7 @@ import pytest
 from cbir.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cbir.limits import Limits
 from coordinator.queries import IndexParams
-from coordinator.search import ClusterInfo, SearchAnswer
+from coordinator.search import ClusterInfo, SearchAnswer, StoredVector
 from coordinator.service import CoordinatorState, Query, QueryService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +32,9 @@ class FakeSearch:
         self.calls.append((query, k, params, exclude, request_id))
         return SearchAnswer([], (), "i1", "ip")
 
-    async def vector_of(self, image_id: int, deadline: float, request_id: str) -> np.ndarray:
-        return np.array([0.0, 3.0, 0.0, 4.0], dtype=np.float32)
+    async def stored_vector(self, image_id: int, deadline: float, request_id: str
+                            ) -> StoredVector:
+        return StoredVector(np.array([0.0, 3.0, 0.0, 4.0], dtype=np.float32), 1, 0)
 
 
 def service(image_queries: bool = False) -> tuple[QueryService, FakeSearch]:

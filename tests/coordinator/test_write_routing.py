@@ -11,7 +11,15 @@ import pytest
 from cbir import ids
 from cbir.errors import InvalidArgument
 from cbir.wal import Delete, ShardLog, Upsert
-from coordinator.writes import ERROR, OK, UpsertItem, WriteRouter, WriteTarget, unit_vector
+from coordinator.writes import (
+    ERROR,
+    OK,
+    FetchedObject,
+    UpsertItem,
+    WriteRouter,
+    WriteTarget,
+    unit_vector,
+)
 
 DIM = 8
 
@@ -23,8 +31,8 @@ async def _embed(image: bytes) -> np.ndarray:
         np.float32) + 1
 
 
-async def _fetch(key: str) -> bytes:
-    return key.encode()
+async def _fetch(key: str) -> FetchedObject:
+    return FetchedObject(key.encode())
 
 
 def _router(root: str, shards: int = 3) -> WriteRouter:

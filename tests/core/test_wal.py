@@ -4,14 +4,25 @@ with conditional writes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from cbir import storage
 from cbir.errors import InvalidArgument
-from cbir.wal import Delete, LogEntry, ShardLog, Upsert, decode_entry, encode_entry, seq_of
+from cbir.wal import (
+    Delete,
+    LogEntry,
+    ObjectInfo,
+    ShardLog,
+    Upsert,
+    decode_entry,
+    encode_entry,
+    seq_of,
+)
 
 
 def _upsert(i: int) -> Upsert:
@@ -31,6 +42,37 @@ def test_entry_round_trip() -> None:
     assert first.attributes == {"label": "l1"}
     assert back.operations[1] == Delete(7)
     assert isinstance(back.operations[2], Upsert) and back.operations[2].attributes == {}
+
+
+def test_object_metadata_round_trips() -> None:
+    moment = dt.datetime(2024, 6, 1, 12, 30, tzinfo=dt.UTC)
+    info = ObjectInfo(size=1234, width=640, height=480, content_type="image/jpeg",
+                      last_modified=moment)
+    ops = (Upsert(1, "s3://b/a.jpg", np.ones(8, np.float32), {"label": "cat"}, info),
+           Delete(2), Upsert(3, "s3://b/v", np.ones(8, np.float32)))
+    back = decode_entry(encode_entry(LogEntry(1, 0, ops, "v1", 0))).operations
+    assert isinstance(back[0], Upsert) and back[0].info == info
+    assert isinstance(back[2], Upsert) and back[2].info == ObjectInfo()
+
+
+def test_an_entry_written_before_the_metadata_columns_still_reads() -> None:
+    """Format 1 as first written: op, image_id, key, vector, attributes only."""
+    table = pa.table({
+        "op": pa.array([0, 1], pa.int8()), "image_id": pa.array([5, 6], pa.int64()),
+        "key": pa.array(["s3://b/5", None]),
+        "vector": pa.array([[1.0, 0.0], None], pa.list_(pa.float32())),
+        "attributes": pa.array(['{"label": "dog"}', None]),
+    }).replace_schema_metadata({"cbir.wal.format": "1", "cbir.wal.seq": "4",
+                                "cbir.wal.shard": "0"})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    entry = decode_entry(sink.getvalue().to_pybytes())
+    assert entry.seq == 4
+    first = entry.operations[0]
+    assert isinstance(first, Upsert) and first.attributes == {"label": "dog"}
+    assert first.info == ObjectInfo()
+    assert entry.operations[1] == Delete(6)
 
 
 def test_garbage_is_not_an_entry() -> None:

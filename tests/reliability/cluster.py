@@ -168,11 +168,11 @@ class Coordinator:
         self.loop = LoopThread()
         topology = StaticTopology({s: tuple(r.address for r in row)
                                    for s, row in enumerate(replicas)})
-        config = CoordinatorConfig(
-            num_shards=SHARDS, port=0, image_queries=False, resolve_interval_s=1.0,
-            version_interval_s=0.3, balancer=BalancerConfig(reprobe_interval_s=0.2),
-            **overrides,  # type: ignore[arg-type]
-        )
+        settings: dict[str, object] = {
+            "num_shards": SHARDS, "port": 0, "image_queries": False, "resolve_interval_s": 1.0,
+            "version_interval_s": 0.3, "balancer": BalancerConfig(reprobe_interval_s=0.2),
+        }
+        config = CoordinatorConfig(**{**settings, **overrides})  # type: ignore[arg-type]
         self.server = self.loop.run(self._make(config, topology))
         self.port = self.loop.run(self.server.start())
         self.loop.run(self.server.ready.wait(), timeout=60)
