@@ -64,9 +64,9 @@ def _config(quick: bool) -> ScaleConfig:
         return ScaleConfig(20_000, 64, "IVF64,PQ16", 5_000, 0.5, shards=4, rows_per_group=4096,
                            parts=2, queries=50, load_s=1.0)
     if quick:
-        return ScaleConfig(100_000, 128, "IVF256,PQ32", 20_000, 0.8, rows_per_group=8192,
+        return ScaleConfig(100_000, 128, "IVF256,PQ32", 20_000, 0.5, rows_per_group=8192,
                            parts=4, queries=200, load_s=3.0)
-    return ScaleConfig(1_000_000, 256, "IVF1024,PQ64", 100_000, 0.8)
+    return ScaleConfig(1_000_000, 256, "IVF1024,PQ64", 100_000, 0.6)
 
 
 # ---------------------------------------------------------------------------- data

@@ -45,7 +45,7 @@ def one_factory(work: Path, emb: str, factory: str, n: int, dim: int) -> dict[st
     from jobs.build_index import build, select
 
     # Memory is the point here, not recall: a low target keeps PQ from failing the build.
-    config = build.BuildConfig(emb, str(work / "trained"), 1, factory, train_size=min(n, 20_000),
+    config = build.BuildConfig(emb, str(work / "trained"), 1, factory, train_size=min(n, 10_000),
                                target_recall=0.3, faiss_threads=1, train_device="cpu",
                                tune_queries=200)
     planned = build.plan(config)
