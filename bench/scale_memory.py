@@ -31,8 +31,9 @@ def factories(n: int, dim: int) -> list[str]:
 
     nlist = select.nlist_for(n)
     m = dim // 4  # 4 dims per sub-quantiser, as the scale run's PQ
-    return ["Flat", f"IVF{nlist},Flat", f"IVF{nlist},SQ8", f"IVF{nlist},PQ{m}",
-            f"OPQ{m},IVF{nlist},PQ{m}", "HNSW32"]
+    # OPQ is left out: its rotation's training alone ran past 5 minutes on 10k x 64-d on the
+    # shared 2-core machine; select.py budgets it as PQ + a d x d rotation.
+    return ["Flat", f"IVF{nlist},Flat", f"IVF{nlist},SQ8", f"IVF{nlist},PQ{m}", "HNSW32"]
 
 
 def _served(index_root: str) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def one_factory(work: Path, emb: str, factory: str, n: int, dim: int) -> dict[st
 def run(quick: bool) -> dict[str, Any]:
     from bench import harness, scale
 
-    n, dim = (20_000, 64) if quick or harness.smoke() else (100_000, 128)
+    n, dim = (20_000, 64) if quick or harness.smoke() else (50_000, 128)
     cfg = scale.ScaleConfig(n, dim, "", 0, 0.0, rows_per_group=8192, parts=2, queries=10)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-memory-"))
     emb = str(work / "embeddings")
