@@ -249,7 +249,7 @@ def run(quick: bool) -> dict[str, Any]:
     del base
     build2 = counted_cli_build(emb, ix2, cfg.serve_shards, cfg, work)
     task2 = shard_task(emb, ix2, cfg.serve_shards, cfg, work)
-    served = serve(ix2, queries, truth, cfg, work)
+    served = serve(ix2, queries, ids[truth], cfg, work)  # truth holds row numbers
     return {
         "dataset": {"name": f"glove-6b-50d projected to {cfg.dim}-d + noise {cfg.noise}",
                     "base": cfg.n, "dim": cfg.dim, "queries": cfg.queries},
