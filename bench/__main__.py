@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import harness
 
-BENCHMARKS = ("embed", "search", "peers", "balance", "build", "filter", "live")
+BENCHMARKS = ("embed", "search", "peers", "balance", "build", "filter", "live", "workers")
 # Not in "all": the largest build this machine holds (tens of minutes at full size).
 HEAVY = ("scale",)
 GPU_ONLY = "gpu"  # not in "all": it needs CUDA and takes the whole machine

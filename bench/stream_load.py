@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,9 +68,10 @@ async def _drive(part: Slice) -> dict[str, Any]:
                 await search(request, timeout=30)
                 samples.append(time.perf_counter() - t0)
 
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(part.concurrency)))
-        return {"samples": samples, "started": started, "ended": time.time()}
+        return {"samples": samples, "started": started, "ended": time.time(),
+                "cpu_s": time.process_time() - cpu}
 
 
 class StreamLoad:
@@ -87,16 +89,28 @@ class StreamLoad:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, address: str, requests: list[bytes], stream: np.ndarray, concurrency: int,
-            max_s: float) -> Sent:
-        """Every item of ``stream`` once, ``concurrency`` in flight over all processes."""
+            max_s: float, servers: dict[str, list[int]] | None = None) -> Sent:
+        """Every item of ``stream`` once, ``concurrency`` in flight over all processes.
+        ``servers``: role -> pids whose CPU seconds the run is charged (read from /proc)."""
+        before = {role: sum(map(process_cpu_s, pids)) for role, pids in (servers or {}).items()}
         start_at = time.time() + 1.0  # every process connected and waiting
         per_process = max(1, concurrency // self.processes)
         parts = [Slice(address, requests, stream[p::self.processes].tolist(), per_process,
                        start_at, max_s) for p in range(self.processes)]
         results = list(self._pool.map(drive, parts))
+        cpu = {role: sum(map(process_cpu_s, (servers or {})[role])) - was
+               for role, was in before.items()}
+        cpu["clients"] = sum(r["cpu_s"] for r in results)
         return Sent([s for r in results for s in r["samples"]],
                     max(r["ended"] for r in results) - min(r["started"] for r in results),
-                    per_process * self.processes)
+                    per_process * self.processes, cpu)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -106,17 +120,26 @@ class Sent:
     samples: list[float]
     elapsed_s: float
     concurrency: int
+    cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds used
 
     def add(self, other: Sent) -> None:
         self.samples += other.samples
         self.elapsed_s += other.elapsed_s
         self.concurrency = other.concurrency
+        for role, seconds in other.cpu_s.items():
+            self.cpu_s[role] = self.cpu_s.get(role, 0.0) + seconds
 
     def summary(self, processes: int) -> dict[str, Any]:
+        """QPS and latency, and CPU milliseconds per query by role: on a machine shared with
+        other work, QPS depends on the share of the cores each process gets; CPU per query
+        does not (much)."""
+        n = max(len(self.samples), 1)
+        cpu = {role: round(s * 1e3 / n, 3) for role, s in self.cpu_s.items()}
         return {**harness.percentiles_ms(self.samples),
                 "qps": round(len(self.samples) / self.elapsed_s, 1),
                 "queries": len(self.samples), "client_processes": processes,
-                "concurrency": self.concurrency}
+                "concurrency": self.concurrency,
+                "cpu_ms_per_query": {**cpu, "total": round(sum(cpu.values()), 3)}}
 
 
 def cache_lookups(metrics_address: str) -> dict[str, float]:

@@ -23,7 +23,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from cbir.errors import InvalidArgument
+from cbir.client_batch import BatchQueries, BatchQuery, batch_request
+from cbir.client_batch import float_vector as _vector
+from cbir.client_batch import image_bytes as _image_bytes
 from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.rpc.client import DeadlineExceeded, ServerError, aio_channel, error_from_rpc, sync_channel
 from cbir.rpc.security import ClientSecurity
@@ -31,6 +33,7 @@ from protos import cbir_pb2, cbir_pb2_grpc
 
 __all__ = [
     "AsyncCoordinatorClient",
+    "BatchQuery",
     "ClientSecurity",
     "CoordinatorClient",
     "CoordinatorInfo",
@@ -61,12 +64,23 @@ class SearchResult:
     index_version: str
     metric: str
     request_id: str
+    # search_batch only: why this query has no answer ("" = answered). error_code is the gRPC
+    # status name the query alone would have got from Search, e.g. "NOT_FOUND".
+    error_code: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_code
 
     def to_json(self) -> dict[str, Any]:
-        """``{"hits": [{"image_id", "key", "score", "shard"}], "partial", "failed_shards", ...}``"""
+        """``{"hits": [{"image_id", "key", "score", "shard"}], "partial", "failed_shards", ...}``
+        (plus ``error_code`` and ``error`` for a batch query that failed)."""
         data = asdict(self)
         data["hits"] = [asdict(h) for h in self.hits]
         data["failed_shards"] = list(self.failed_shards)
+        if self.ok:
+            del data["error_code"], data["error"]
         return data
 
 
@@ -85,23 +99,6 @@ class CoordinatorInfo:
     requests_served: int = 0
     # What a filter may name: column -> Arrow type (docs/filters.md).
     metadata_columns: dict[str, str] = field(default_factory=dict)
-
-
-def _image_bytes(image: bytes | str | Path) -> bytes:
-    if isinstance(image, bytes | bytearray):
-        return bytes(image)
-    path = Path(image)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read image file {path}: {exc.strerror}") from exc
-
-
-def _vector(values: Sequence[float] | np.ndarray) -> cbir_pb2.FloatVector:
-    array = np.asarray(values, dtype=np.float32)
-    if array.ndim != 1:
-        raise InvalidArgument(f"a query vector is one-dimensional, got shape {array.shape}")
-    return cbir_pb2.FloatVector(values=array.tolist())
 
 
 def _request(k: int, nprobe: int, ef_search: int, request_id: str, filter: str,
@@ -123,6 +120,15 @@ def _result(reply: cbir_pb2.SearchResponse) -> SearchResult:
         metric=reply.metric,
         request_id=reply.request_id,
     )
+
+
+def _batch_results(reply: cbir_pb2.SearchBatchResponse) -> list[SearchResult]:
+    return [SearchResult(
+        hits=tuple(Hit(h.image_id, h.key, float(h.score), h.shard) for h in r.hits),
+        partial=r.partial, failed_shards=tuple(r.failed_shards),
+        index_version=reply.index_version, metric=reply.metric, request_id=reply.request_id,
+        error_code=r.error_code, error=r.error,
+    ) for r in reply.results]
 
 
 def _info(reply: cbir_pb2.InfoResponse) -> CoordinatorInfo:
@@ -234,6 +240,19 @@ class CoordinatorClient:
                            exclude_query_image=exclude_query_image)
         return self._search(request, timeout_s)
 
+    def search_batch(self, queries: BatchQueries, k: int = 10, *,
+                     exclude_query_image: bool = False, nprobe: int = 0, ef_search: int = 0,
+                     request_id: str = "", filter: str = "",
+                     timeout_s: float | None = None) -> list[SearchResult]:
+        """Many queries in one request (``BatchQuery`` items, or a 2-D array of vectors): one
+        result per query, in order; a failed query has ``error_code`` set (the others are
+        answered). A bad request as a whole (too many queries, bad k) raises."""
+        request = batch_request(queries, k, nprobe, ef_search, exclude_query_image,
+                                request_id, filter)
+        with _cbir_errors(self.address, self.security):
+            reply = self._stub.SearchBatch(request, timeout=timeout_s or self.timeout_s)
+        return _batch_results(reply)
+
     def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
         with _cbir_errors(self.address, self.security):
             reply = self._stub.Info(cbir_pb2.InfoRequest(), timeout=timeout_s or self.timeout_s)
@@ -304,6 +323,16 @@ class AsyncCoordinatorClient:
         request = _request(k, nprobe, ef_search, request_id, filter, image_id=image_id,
                            exclude_query_image=exclude_query_image)
         return await self._search(request, timeout_s)
+
+    async def search_batch(self, queries: BatchQueries, k: int = 10, *,
+                           exclude_query_image: bool = False, nprobe: int = 0,
+                           ef_search: int = 0, request_id: str = "", filter: str = "",
+                           timeout_s: float | None = None) -> list[SearchResult]:
+        request = batch_request(queries, k, nprobe, ef_search, exclude_query_image,
+                                request_id, filter)
+        with _cbir_errors(self.address, self.security):
+            reply = await self._stub.SearchBatch(request, timeout=timeout_s or self.timeout_s)
+        return _batch_results(reply)
 
     async def info(self, timeout_s: float | None = None) -> CoordinatorInfo:
         with _cbir_errors(self.address, self.security):

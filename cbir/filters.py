@@ -143,13 +143,9 @@ class _Compiler:
         if not (isinstance(pattern, exp.Literal) and pattern.is_string):
             raise InvalidArgument(f"filter: LIKE needs a string pattern near {_snippet(node)!r}")
         text = str(pattern.this)
-        prefix = text[:-1] if text.endswith("%") else text
-        if "%" in prefix or "_" in prefix:
-            raise InvalidArgument(
-                f"filter: LIKE supports prefix patterns only ('abc%'), not {text!r}"
-            )
-        if not text.endswith("%"):
-            return pc.field(name) == text
+        prefix, is_prefix = _like_prefix(text)
+        if not is_prefix:
+            return pc.field(name) == prefix
         return pc.starts_with(pc.field(name), pattern=prefix)
 
     def _is_null(self, node: exp.Is) -> pc.Expression:
@@ -232,3 +228,31 @@ def _timestamp(value: object, field: pa.Field) -> pa.Scalar:
 
 def _snippet(node: exp.Expression) -> str:
     return node.sql()[:80]
+
+
+def _like_prefix(text: str) -> tuple[str, bool]:
+    """(the literal text, whether a final '%' made it a prefix) of a LIKE pattern.
+
+    '_' and '%' are SQL wildcards; a backslash makes the next character literal (PostgreSQL's and
+    MySQL's default escape), so keys with underscores can be matched: 's3://b/2024\\_06/%'.
+    """
+    chars: list[str] = []
+    escaped = False
+    for i, char in enumerate(text):
+        if escaped:
+            chars.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "%" and i == len(text) - 1:
+            return "".join(chars), True
+        elif char in "%_":
+            raise InvalidArgument(
+                f"filter: LIKE supports prefix patterns only ('abc%'), not {text!r}"
+                + (r" (write '\_' for a literal underscore)" if char == "_" else "")
+            )
+        else:
+            chars.append(char)
+    if escaped:
+        raise InvalidArgument(f"filter: LIKE pattern {text!r} ends with a lone backslash")
+    return "".join(chars), False

@@ -11,7 +11,9 @@ from cbir.options import option
 class Limits:
     max_k: int = 1000
     max_ef_search: int = 16_384  # HNSW candidate list; beyond this a query is a denial of service
-    max_batch: int = 1024  # query vectors per request
+    max_batch: int = 1024  # query vectors per request (also queries per SearchBatch)
+    # Image queries per SearchBatch: each costs a CNN forward pass (tens of ms on a CPU).
+    max_batch_images: int = 64
     max_message_bytes: int = 32 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000  # decompression-bomb guard (PIL's is ~89M)

@@ -1,4 +1,5 @@
-"""``cbir query``: query a coordinator by image file or image id."""
+"""``cbir query``: query a coordinator by image file or image id, or many queries from a file
+(``--batch FILE``, see ``cbir.query_batch``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from cbir.client import CoordinatorClient, SearchResult
 from cbir.options import add_options, build, option
+from cbir.query_batch import chunks, read_batch
 from cbir.rpc.security import add_security_arguments, client_security_from_args
 
 
@@ -32,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("image", nargs="?", metavar="IMAGE_PATH", help="query image file")
     what.add_argument("--image-id", type=int, metavar="ID", help="query by an indexed image")
+    what.add_argument("--batch", metavar="FILE",
+                      help="many queries in one request: JSON Lines ({\"vector\": [...]} | "
+                           "{\"image_id\": N} | {\"image\": \"path\"} per line) or a .npy "
+                           "float32 matrix; one result per query")
     add_options(parser, QueryOptions)
     add_security_arguments(parser, server=False)
 
@@ -61,6 +67,30 @@ def to_json(result: SearchResult) -> dict[str, Any]:
     return data
 
 
+def format_batch(results: list[SearchResult], as_json: bool) -> str:
+    """One JSON line per query (``query`` = its 0-based line/row), or a table per query; a
+    failed query is its ``error_code`` and ``error``."""
+    out = []
+    for number, result in enumerate(results):
+        if as_json:
+            out.append(json.dumps({"query": number, **to_json(result)}))
+        elif not result.ok:
+            out.append(f"query {number}: {result.error_code}: {result.error}")
+        else:
+            out.append(f"query {number}:\n{format_table(result)}")
+    return "\n".join(out)
+
+
+def run_batch(client: CoordinatorClient, opts: QueryOptions, common: dict[str, Any],
+              path: str) -> str:
+    queries = read_batch(path)  # a bad file fails before anything is sent
+    results: list[SearchResult] = []
+    for chunk in chunks(queries):
+        results.extend(client.search_batch(chunk, opts.k,
+                                           exclude_query_image=opts.exclude_self, **common))
+    return format_batch(results, opts.json)
+
+
 def run(args: argparse.Namespace) -> int:
     opts: QueryOptions = build(QueryOptions, args)
     common: dict[str, Any] = {"nprobe": opts.nprobe, "ef_search": opts.ef_search,
@@ -68,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     with CoordinatorClient(
         opts.coordinator, timeout_s=opts.timeout, security=client_security_from_args(args)
     ) as client:
+        if args.batch is not None:
+            print(run_batch(client, opts, common, args.batch))
+            return 0
         if args.image_id is not None:
             result = client.search_id(args.image_id, opts.k,
                                       exclude_query_image=opts.exclude_self, **common)

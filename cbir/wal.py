@@ -8,8 +8,8 @@ create is the commit: of several writers racing for the same number exactly one 
 others learn the new tail and try the next number, so every shard's log has one total order
 however many coordinators write. A writer only ever claims ``tail + 1`` for a tail that exists,
 so entry N+1 never exists before entry N, and a reader that applies entries in order never
-skips one. A write is
-acknowledged only after its entry exists; last write per id wins in log order.
+skips one. A write is acknowledged only after its entry exists; last write per id wins in log
+order.
 
 The entry schema only ever grows by nullable columns (the object metadata columns came after
 format 1 was in use): a reader takes a column that an older entry lacks as all null, so old

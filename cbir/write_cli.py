@@ -36,8 +36,9 @@ def add_upsert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_delete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("keys", nargs="*", metavar="S3_URI", help="images to remove, by key")
-    parser.add_argument("--image-id", type=int, action="append", default=[], metavar="ID",
-                        help="an image to remove, by id (repeatable)")
+    parser.add_argument("--image-id", type=int, nargs="+", action="extend", default=[],
+                        metavar="ID", help="images to remove, by id (--image-id ID [ID ...], "
+                                           "repeatable)")
     add_options(parser, WriteOptions)
     add_security_arguments(parser, server=False)
 

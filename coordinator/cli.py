@@ -59,9 +59,15 @@ def build_config(args: argparse.Namespace) -> CoordinatorConfig:
 def run(args: argparse.Namespace) -> int:
     from coordinator.server import serve
 
-    configure(build(LogOptions, args).log_format)
+    log_format = build(LogOptions, args).log_format
+    configure(log_format)
     config = build_config(args)
     if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
-        check_can_listen(config.host, config.metrics_port)
+        for worker in range(config.workers):  # worker i: metrics_port + i
+            check_can_listen(config.host, config.metrics_port + worker)
+    if config.workers > 1:
+        from coordinator.workers import serve_workers
+
+        return serve_workers(config, log_format)
     asyncio.run(serve(config))
     return 0

@@ -12,6 +12,7 @@ from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.model_names import DEFAULT_MODEL, MODEL_NAMES, RUNTIME_NAMES
 from cbir.options import nested, option
 from cbir.rpc.security import ClientSecurity, ServerSecurity
+from cbir.workers import workers_option
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ class CoordinatorConfig:
              "coordinators (bounds how long a cached answer can miss their writes)")
     # After a write is durable, replicas are told at once; this bounds the wait for them.
     wal_push_timeout_s: float = 0.5
+    # --workers N: N coordinator processes on one port, each with its own replica channels,
+    # balancer state and caches (docs/coordinator.md, "Workers").
+    workers: int = workers_option()
+    worker_index: int | None = None  # set in each worker, never on the command line
     balancer: BalancerConfig = nested(BalancerConfig)
     cache: CacheConfig = nested(CacheConfig)
     limits: Limits = nested(lambda: DEFAULT_LIMITS)

@@ -77,25 +77,43 @@ class EmbeddingRunner:
     """Embeds off the event loop in one worker thread (the model must be called from one
     thread at a time), batching the queries that queue up meanwhile into one forward pass.
     The queue is bounded: each waiting query holds its image bytes, so a burst beyond
-    ``max_queued`` is refused with RESOURCE_EXHAUSTED instead of growing memory."""
+    ``max_queued`` is refused with RESOURCE_EXHAUSTED instead of growing memory.
+
+    An item is a tuple of images weighing its length: a SearchBatch's images are one item, so
+    they are embedded in one forward pass (together with whatever else queued) and count once
+    against ``max_queued`` (their number is bounded by ``Limits.max_batch_images``)."""
 
     def __init__(self, embedder: QueryEmbedder, max_batch: int = 16, max_queued: int = 32
                  ) -> None:
         self.embedder = embedder
-        self.batcher: MicroBatcher[bytes, np.ndarray] = MicroBatcher(
-            self._embed_batch, BatcherLimits(max_batch=max_batch, max_queued=max_queued),
-            name="the query embedder",
-        )
+        self.batcher: MicroBatcher[tuple[bytes, ...], list[np.ndarray | BadImage]] = (
+            MicroBatcher(self._embed_batch,
+                         BatcherLimits(max_batch=max_batch, max_queued=max_queued),
+                         name="the query embedder", weight=len))
 
     async def embed(self, image: bytes) -> np.ndarray:
-        return await self.batcher.run(image)
+        (vector,) = await self.batcher.run((image,))
+        if isinstance(vector, BadImage):
+            raise vector
+        return vector
 
-    async def _embed_batch(self, images: list[bytes]) -> list[np.ndarray | BadImage]:
+    async def embed_many(self, images: Sequence[bytes]) -> list[np.ndarray | BadImage]:
+        """Per image its vector or the BadImage saying why it has none (never raised here)."""
+        return await self.batcher.run(tuple(images))
+
+    async def _embed_batch(self, items: list[tuple[bytes, ...]]
+                           ) -> list[list[np.ndarray | BadImage]]:
+        images = [image for item in items for image in item]
         try:
-            return await asyncio.to_thread(self.embedder.embed_batch, images)
+            flat = await asyncio.to_thread(self.embedder.embed_batch, images)
         except Exception:
             log.exception("query embedding failed")
             raise
+        out, start = [], 0
+        for item in items:
+            out.append(list(flat[start:start + len(item)]))
+            start += len(item)
+        return out
 
     async def close(self) -> None:
         await self.batcher.close()

@@ -22,7 +22,7 @@ import numpy as np
 from cbir.cache import APPLIED_SEQ_METADATA
 from cbir.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from cbir.ids import shard_of
-from cbir.merge import MergedHit, ShardHits, merge_top_k
+from cbir.merge import MergedHit, ShardHits, ShardRows, merge_rows, merge_top_k
 from coordinator.batching import Row, ShardBatcher
 from coordinator.fanout import RETRYABLE, Fanout, ShardCallFailed
 from coordinator.queries import IndexParams
@@ -196,6 +196,38 @@ class DistributedSearch:
             rows, version = await self._by_majority(request, deadline)
         return self._answer(rows, k, exclude_id, version, deadline, request_id)
 
+    async def search_many(
+        self, queries: np.ndarray, k: int, index_params: IndexParams,
+        exclude_ids: list[int | None], deadline: float, request_id: str, filter_text: str = "",
+    ) -> list[SearchAnswer]:
+        """Many queries (n x dim), ONE shard call per shard carrying all of them (not through
+        the micro-batcher: the request is already a batch); one answer per row, each exactly
+        what ``search`` answers for that row alone. No shard answering fails them all."""
+        extra = 1 if any(e is not None for e in exclude_ids) else 0
+        shard_k = min(k + extra, self.fanout.config.limits.max_k)
+        vectors = np.ascontiguousarray(queries, dtype="<f4")
+        request = cbir_pb2.ShardSearchRequest(
+            vectors=vectors.tobytes(), dim=int(vectors.shape[1]), k=shard_k,
+            params=cbir_pb2.SearchParams(nprobe=index_params.nprobe,
+                                         ef_search=index_params.ef_search),
+            request_id=request_id, filter=filter_text,
+        )
+        pinned = self.fanout.pinned_version()
+        if pinned is not None:
+            answers, version = await self._pinned(request, pinned, deadline), pinned
+        else:
+            answers, version = await self._by_majority(request, deadline)
+        if not answers:
+            self._answer({}, k, None, version, deadline, request_id)  # raises why
+        metric = majority([a.metric for a, _ in answers.values()])
+        rows = {s: parsed for s, (reply, _) in answers.items()
+                if (parsed := parse_rows(s, reply, len(vectors), metric)) is not None}
+        failed = tuple(s for s in range(self.num_shards) if s not in rows)
+        merged = merge_rows(list(rows.values()), k, metric, exclude_ids)
+        positions = tuple(answers[s][0].applied_seq if s in rows else 0
+                          for s in range(self.num_shards))
+        return [SearchAnswer(hits, failed, version, metric, positions) for hits in merged]
+
     def _answer(self, answers: dict[int, Row], k: int, exclude_id: int | None, version: str,
                 deadline: float, request_id: str) -> SearchAnswer:
         if not answers and self.fanout.attempt_budget_s(deadline) <= 0:
@@ -342,3 +374,21 @@ def parse_hits(shard: int, reply: cbir_pb2.ShardSearchResponse, row: int = 0
         return None
     keys = list(reply.keys[lo:hi])
     return ShardHits(shard, ids[lo:hi].copy(), scores[lo:hi].copy(), keys)
+
+
+def parse_rows(shard: int, reply: cbir_pb2.ShardSearchResponse, n: int, metric: str
+               ) -> ShardRows | None:
+    """A shard's packed answer to n queries; None (logged) when malformed or in another
+    metric than the other shards'."""
+    ids = np.frombuffer(reply.ids, dtype="<i8")
+    scores = np.frombuffer(reply.scores, dtype="<f4")
+    k = reply.k
+    if reply.num_queries != n or k < 0 or len(ids) != n * k or len(scores) != n * k:
+        log.error("shard %d sent a malformed answer (%d rows for %d queries, k=%d, %d ids, "
+                  "%d scores)", shard, reply.num_queries, n, k, len(ids), len(scores))
+        return None
+    if reply.metric != metric:
+        log.error("shard %d answered with metric %r, the others %r; left out",
+                  shard, reply.metric, metric)
+        return None
+    return ShardRows(shard, ids.reshape(n, k), scores.reshape(n, k), reply.keys)

@@ -79,7 +79,8 @@ class CoordinatorServer:
         self._embedder_factory = embedder_factory
         auth = config.security.auth
         interceptors = [BearerTokenInterceptor(auth)] if auth is not None else []
-        self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors)
+        self.serving = Serving([SERVICE_NAME], config.limits, interceptors=interceptors,
+                               reuse_port=config.worker_index is not None)
         # The result cache's keys carry the shards' log positions (coordinator.log_positions).
         self.positions = LogPositions(config.num_shards)
         self.fanout.view.positions = self.positions
@@ -101,12 +102,17 @@ class CoordinatorServer:
         self.port = 0
 
     async def start(self) -> int:
+        if self.config.wal and self.config.security.auth is None:
+            # Writes stay open without tokens (local use, the demo), but an operator must know.
+            log.warning("--wal without --auth-token-file: Upsert/Delete are open to every "
+                        "client that reaches this port; configure tokens with the 'write' role")
         tls = self.config.security.tls
         creds = server_credentials(tls) if tls is not None else None
         self.port = self.serving.bind(self.config.host, self.config.port, creds)
         await self.serving.start()
-        if self.config.metrics_port is not None:
-            self.metrics.serve(self.config.metrics_port, self.config.host)
+        if self.config.metrics_port is not None:  # worker i of --workers N: port + i
+            self.metrics.serve(self.config.metrics_port + (self.config.worker_index or 0),
+                               self.config.host)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(_every(self.refresh, self._refresh_period, "topology refresh")),

@@ -17,6 +17,7 @@ import numpy as np
 
 from cbir.cache import AnswerKey
 from cbir.errors import (
+    CbirError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -25,6 +26,7 @@ from cbir.errors import (
 )
 from cbir.limits import Limits
 from cbir.rpc.deadlines import caller_budget_s
+from coordinator.batch_queries import BatchAnswer, BatchQuery, check_batch, resolve_vectors
 from coordinator.caching import QueryCaches, query_digest
 from coordinator.config import CacheConfig
 from coordinator.queries import (
@@ -36,7 +38,7 @@ from coordinator.queries import (
     resolve_k,
 )
 from coordinator.query_embedder import EmbeddingRunner, check_image_bytes
-from coordinator.search import ClusterInfo, DistributedSearch, SearchAnswer
+from coordinator.search import ClusterInfo, DistributedSearch, SearchAnswer, StoredVector
 
 
 @dataclass(frozen=True)
@@ -166,3 +168,63 @@ class QueryService:
             return (stored.vector, query.image_id if query.exclude_query_image else None,
                     (stored.shard, stored.applied_seq))
         raise InvalidArgument("the request needs one of: image, vector, image_id")
+
+    async def search_batch(self, batch: BatchQuery) -> BatchAnswer:
+        """Each query answered exactly as ``search`` would answer it alone (same cache keys),
+        with one shard call per shard for the whole batch; a bad query gets its own error.
+        What concerns the whole request (bounds, k, params, deadline, readiness) fails it."""
+        check_batch(batch, self.limits)
+        deadline = self.deadline_of(Query(time_remaining_s=batch.time_remaining_s))
+        k = resolve_k(batch.k, self.limits)
+        check_params(batch.params.nprobe, batch.params.ef_search, self.limits)
+        info = self.state.require_info()
+        keys = [self._answer_key(Query(image=item.image, vector=item.vector,
+                                       image_id=item.image_id, k=batch.k, params=batch.params,
+                                       exclude_query_image=batch.exclude_query_image,
+                                       filter=batch.filter), k, info)
+                for item in batch.items]
+        results: list[SearchAnswer | CbirError | None] = [self.caches.get_answer(key)
+                                                          for key in keys]
+        todo = [i for i, r in enumerate(results) if r is None]
+        vectors = await resolve_vectors(
+            [batch.items[i] for i in todo], info, self._runner_or_error(batch, info),
+            self.search_engine, self.caches, self.limits, deadline, batch.request_id)
+        ready: list[tuple[int, np.ndarray]] = []
+        sources: dict[int, tuple[int, int]] = {}  # image-id queries: where the vector was read
+        for i, vector in zip(todo, vectors, strict=True):
+            if isinstance(vector, StoredVector):
+                sources[i] = (vector.shard, vector.applied_seq)
+            try:
+                ready.append((i, _as_query(vector, info.metric)))
+            except CbirError as exc:
+                results[i] = exc
+        if ready:
+            answers = await self.search_engine.search_many(
+                np.stack([v for _, v in ready]), k, batch.params,
+                [batch.items[i].image_id if batch.exclude_query_image else None
+                 for i, _ in ready], deadline, batch.request_id, batch.filter.strip())
+            for (i, _), answer in zip(ready, answers, strict=True):
+                results[i] = answer
+                self.caches.put_answer(keys[i], answer, sources.get(i))
+        # Every query has its answer or error by now; the fallback only keeps the order.
+        done = [r if r is not None else Unavailable("not answered") for r in results]
+        first = next((r for r in done if isinstance(r, SearchAnswer)), None)
+        return BatchAnswer(done, first.index_version if first else "",
+                           first.metric if first else info.metric)
+
+    def _runner_or_error(self, batch: BatchQuery, info: ClusterInfo
+                         ) -> EmbeddingRunner | CbirError:
+        """The embedder for the batch's image queries, or why they cannot be embedded (that
+        fails the image queries only)."""
+        if not any(item.image is not None for item in batch.items):
+            return Unavailable("no image queries")
+        try:
+            return self.state.require_embedder(info)
+        except CbirError as exc:
+            return exc
+
+
+def _as_query(vector: np.ndarray | StoredVector | CbirError, metric: str) -> np.ndarray:
+    if isinstance(vector, CbirError):
+        raise vector
+    return prepare_query(vector.vector if isinstance(vector, StoredVector) else vector, metric)

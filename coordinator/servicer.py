@@ -10,13 +10,16 @@ import asyncio
 import logging
 import os
 import time
+from typing import Any
 
 import grpc
 import numpy as np
 
-from cbir.errors import FailedPrecondition
+from cbir.errors import CbirError, FailedPrecondition
+from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.rpc.logs import clean_request_id
 from cbir.rpc.status import grpc_errors, status_for
+from coordinator.batch_queries import BatchAnswer, BatchItem, BatchQuery, packed_rows
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.queries import IndexParams
 from coordinator.search import SearchAnswer
@@ -71,6 +74,15 @@ def write_response_of(results: list[ItemResult], request_id: str) -> cbir_pb2.Wr
         reason=r.reason, shard=r.shard, seq=r.seq) for r in results], request_id=request_id)
 
 
+def add_hits(hits: Any, answer: SearchAnswer) -> None:
+    """Append ``answer``'s hits to a repeated Hit field. ``add(...)`` per hit costs about a
+    third of building ``Hit(...)`` messages and handing over a list (measured with upb:
+    0.85 vs 2.6 ms for 32 x 10 hits), which was the coordinator's largest cost per batch."""
+    add = hits.add
+    for h in answer.hits:
+        add(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
+
+
 def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchResponse:
     """The reply: the answer's message built once (a cached answer is answered many times;
     building ten Hit messages costs ~10x a copy) plus this request's id."""
@@ -84,14 +96,53 @@ def response_of(answer: SearchAnswer, request_id: str) -> cbir_pb2.SearchRespons
 
 
 def encode_answer(answer: SearchAnswer) -> cbir_pb2.SearchResponse:
-    return cbir_pb2.SearchResponse(
-        hits=[cbir_pb2.Hit(image_id=h.image_id, key=h.key, score=h.score, shard=h.shard)
-              for h in answer.hits],
+    response = cbir_pb2.SearchResponse(
         partial=bool(answer.failed_shards),
         failed_shards=list(answer.failed_shards),
         index_version=answer.index_version,
         metric=answer.metric,
     )
+    add_hits(response.hits, answer)
+    return response
+
+
+def batch_items_of(request: cbir_pb2.SearchBatchRequest, limits: Limits) -> list[BatchItem]:
+    if request.vectors or request.dim:
+        rows = packed_rows(request.vectors, request.dim, len(request.queries) > 0, limits)
+        return [BatchItem(vector=row) for row in rows]
+    items = []
+    for q in request.queries:
+        kind = q.WhichOneof("query")
+        items.append(BatchItem(
+            image=q.image if kind == "image" else None,
+            vector=q.vector.values if kind == "vector" else None,  # length checked first
+            image_id=q.image_id if kind == "image_id" else None))
+    return items
+
+
+def batch_query_of(request: cbir_pb2.SearchBatchRequest, request_id: str,
+                   time_remaining_s: float | None, limits: Limits = DEFAULT_LIMITS
+                   ) -> BatchQuery:
+    items = batch_items_of(request, limits)
+    return BatchQuery(
+        items=items, k=request.k,
+        params=IndexParams(request.params.nprobe, request.params.ef_search),
+        exclude_query_image=request.exclude_query_image, request_id=request_id,
+        time_remaining_s=time_remaining_s, filter=request.filter)
+
+
+def batch_response_of(answer: BatchAnswer, request_id: str) -> cbir_pb2.SearchBatchResponse:
+    response = cbir_pb2.SearchBatchResponse(index_version=answer.index_version,
+                                            metric=answer.metric, request_id=request_id)
+    for r in answer.results:
+        result = response.results.add()
+        if isinstance(r, CbirError):
+            result.error_code, result.error = status_for(r).name, str(r)
+        else:
+            add_hits(result.hits, r)
+            result.partial = bool(r.failed_shards)
+            result.failed_shards.extend(r.failed_shards)
+    return response
 
 
 class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
@@ -131,6 +182,36 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
                 "search request_id=%s query=%s code=%s partial=%s index_version=%s ms=%.2f",
                 request_id, query.kind, code, partial, version or "-", seconds * 1000,
             )
+
+    @grpc_errors
+    async def SearchBatch(
+        self, request: cbir_pb2.SearchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> cbir_pb2.SearchBatchResponse:
+        request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
+        start = time.monotonic()
+        code, partial, failed, batch = "OK", 0, 0, None
+        try:
+            batch = batch_query_of(request, request_id, context.time_remaining(),
+                                   self.service.limits)
+            answer = await self.service.search_batch(batch)
+            failed = sum(isinstance(r, CbirError) for r in answer.results)
+            partial = sum(isinstance(r, SearchAnswer) and bool(r.failed_shards)
+                          for r in answer.results)
+            self.metrics.partial.inc(partial)
+            return batch_response_of(answer, request_id)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = status_for(exc).name
+            raise
+        finally:
+            seconds = time.monotonic() - start
+            self.metrics.requests.labels("batch", code).inc()
+            self.metrics.latency.labels("batch", code).observe(seconds)
+            access_log.info("search_batch request_id=%s queries=%d code=%s partial=%d "
+                            "failed=%d ms=%.2f", request_id, len(batch.items) if batch else 0,
+                            code, partial, failed, seconds * 1000)
 
     def _write_service(self) -> WriteService:
         if self.writes is None:

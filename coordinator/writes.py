@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import io
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -105,7 +105,9 @@ class WriteRouter:
         return await self._commit(ops, [item.key for item in items])
 
     async def delete(self, keys: Sequence[str], image_ids: Sequence[int]) -> list[ItemResult]:
-        labels = [*keys, *(str(i) for i in image_ids)]
+        # A delete by key answers with that key (the log entry holds only the id); one by id has
+        # no key to give.
+        labels = [*keys, *("" for _ in image_ids)]
         ops: list[tuple[int, Operation | ItemResult]] = []
         for i, key in enumerate(keys):
             ops.append((i, self._delete_key(key)))
@@ -160,7 +162,7 @@ class WriteRouter:
         )
         for batch_results in outcomes:
             for i, result in batch_results:
-                results[i] = result
+                results[i] = result if result.key else replace(result, key=labels[i])
         return [r if r is not None else ItemResult(labels[i], -1, ERROR, "not processed")
                 for i, r in enumerate(results)]
 

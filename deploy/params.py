@@ -8,8 +8,12 @@ Sizing rules (documented in docs/operations.md):
   overhead 2.2 covers the resident index, a second copy while a LoadIndex swap holds both, and
   ~20% for the id table, search buffers and allocator slack; 1.2 is enough if indexes are only
   ever rolled by replacing pods.
+  With several workers (``--workers`` = the CPU request rounded up, set through
+  ``CBIR_WORKERS``) the index is memory-mapped once for all of them and each further worker
+  adds ``worker_memory`` (its interpreter, gRPC, the id -> key table and IVF's id map).
 - local scratch (emptyDir + ephemeral-storage) = 2 x ``index_bytes`` + 1 GiB: the fetched files
-  of the serving version and of the one being loaded.
+  of the serving version and of the one being loaded (3 x with workers: the mapped files of
+  the version kept for pinned queries stay on disk until the workers unmap them).
 - startup budget = 60 s + ``index_bytes`` / ``index_load_mib_per_s``: the startupProbe allows that
   long for the index to be fetched and loaded before the kubelet gives up on the pod.
 """
@@ -49,6 +53,14 @@ def parse_bytes(text: str | int) -> int:
     return math.ceil(float(match.group(1)) * _UNITS[match.group(2) or ""])
 
 
+def parse_cpu(text: str) -> float:
+    """'500m' / '2' / '1.5' -> cores (a Kubernetes CPU quantity)."""
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)(m?)\s*$", text)
+    if not match:
+        raise ParamsError(f"not a CPU quantity: {text!r} (e.g. 500m, 2)")
+    return float(match.group(1)) / (1000 if match.group(2) else 1)
+
+
 def mebibytes(n_bytes: float) -> str:
     """Bytes -> a Kubernetes quantity in whole Mi, rounded up."""
     return f"{math.ceil(n_bytes / MI)}Mi"
@@ -75,6 +87,8 @@ class OverlayParams:
     memory_base: str = "512Mi"
     index_load_mib_per_s: float = 50.0
     shard_cpu: str = "1"
+    # Memory of each shard worker beyond the first (the index itself is mapped once).
+    worker_memory: str = "256Mi"
     anti_affinity: str = "preferred"  # "required": never two replicas of a shard on one node
     # "tls": servers serve TLS from Secrets; "mtls": shards also require the coordinator's
     # client certificate (deploy/tls.py; docs/security.md).
@@ -110,6 +124,8 @@ class OverlayParams:
                               "notice a draining replica is gone before it stops answering)")
         parse_bytes(self.index_bytes)
         parse_bytes(self.memory_base)
+        parse_bytes(self.worker_memory)
+        parse_cpu(self.shard_cpu)
         if any(c in self.allowed_index_root for c in "?#"):
             raise ParamsError("allowed_index_root must be a plain URI (no '?' or '#')")
 
@@ -119,12 +135,20 @@ class OverlayParams:
         return parse_bytes(self.index_bytes)
 
     @property
+    def shard_workers(self) -> int:
+        """What the kubelet puts in CBIR_WORKERS: the CPU request in whole cores, rounded up."""
+        return max(1, math.ceil(parse_cpu(self.shard_cpu)))
+
+    @property
     def shard_memory(self) -> str:
-        return mebibytes(parse_bytes(self.memory_base) + self.index_size * self.memory_overhead)
+        extra = (self.shard_workers - 1) * parse_bytes(self.worker_memory)
+        return mebibytes(parse_bytes(self.memory_base) + self.index_size * self.memory_overhead
+                         + extra)
 
     @property
     def shard_scratch(self) -> str:
-        return mebibytes(2 * self.index_size + 1024 * MI)
+        copies = 3 if self.shard_workers > 1 else 2
+        return mebibytes(copies * self.index_size + 1024 * MI)
 
     @property
     def startup_failure_threshold(self) -> int:

@@ -95,7 +95,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "metadata_columns", "applied_seq")
+    __slots__ = ("shard", "num_shards", "count", "dim", "metric", "factory", "index_version", "model", "model_version", "search_params", "memory_bytes", "queries_served", "held_versions", "index_uri", "index_pointer", "pointer_target", "metadata_columns", "applied_seq", "worker_pid")
     class SearchParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class StatsResponse(_message.Message):
     POINTER_TARGET_FIELD_NUMBER: _ClassVar[int]
     METADATA_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_shards: int
     count: int
@@ -139,7 +140,8 @@ class StatsResponse(_message.Message):
     pointer_target: str
     metadata_columns: _containers.RepeatedCompositeFieldContainer[MetadataColumn]
     applied_seq: int
-    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+    worker_pid: int
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., factory: _Optional[str] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., search_params: _Optional[_Mapping[str, int]] = ..., memory_bytes: _Optional[int] = ..., queries_served: _Optional[int] = ..., held_versions: _Optional[_Iterable[str]] = ..., index_uri: _Optional[str] = ..., index_pointer: _Optional[str] = ..., pointer_target: _Optional[str] = ..., metadata_columns: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., applied_seq: _Optional[int] = ..., worker_pid: _Optional[int] = ...) -> None: ...
 
 class MetadataColumn(_message.Message):
     __slots__ = ("name", "type")
@@ -283,6 +285,60 @@ class SearchResponse(_message.Message):
     metric: str
     request_id: str
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., failed_shards: _Optional[_Iterable[int]] = ..., index_version: _Optional[str] = ..., metric: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("queries", "k", "params", "exclude_query_image", "request_id", "filter", "vectors", "dim")
+    class Query(_message.Message):
+        __slots__ = ("image", "vector", "image_id")
+        IMAGE_FIELD_NUMBER: _ClassVar[int]
+        VECTOR_FIELD_NUMBER: _ClassVar[int]
+        IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+        image: bytes
+        vector: FloatVector
+        image_id: int
+        def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[FloatVector, _Mapping]] = ..., image_id: _Optional[int] = ...) -> None: ...
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[SearchBatchRequest.Query]
+    k: int
+    params: SearchParams
+    exclude_query_image: bool
+    request_id: str
+    filter: str
+    vectors: bytes
+    dim: int
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchBatchRequest.Query, _Mapping]]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., exclude_query_image: _Optional[bool] = ..., request_id: _Optional[str] = ..., filter: _Optional[str] = ..., vectors: _Optional[bytes] = ..., dim: _Optional[int] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results", "index_version", "metric", "request_id")
+    class Result(_message.Message):
+        __slots__ = ("hits", "partial", "failed_shards", "error_code", "error")
+        HITS_FIELD_NUMBER: _ClassVar[int]
+        PARTIAL_FIELD_NUMBER: _ClassVar[int]
+        FAILED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+        ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+        ERROR_FIELD_NUMBER: _ClassVar[int]
+        hits: _containers.RepeatedCompositeFieldContainer[Hit]
+        partial: bool
+        failed_shards: _containers.RepeatedScalarFieldContainer[int]
+        error_code: str
+        error: str
+        def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., failed_shards: _Optional[_Iterable[int]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchBatchResponse.Result]
+    index_version: str
+    metric: str
+    request_id: str
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchBatchResponse.Result, _Mapping]]] = ..., index_version: _Optional[str] = ..., metric: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

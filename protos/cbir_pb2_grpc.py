@@ -297,6 +297,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_cbir__pb2.SearchRequest.SerializeToString,
                 response_deserializer=protos_dot_cbir__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/cbir.v1.Coordinator/SearchBatch',
+                request_serializer=protos_dot_cbir__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=protos_dot_cbir__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/cbir.v1.Coordinator/Info',
                 request_serializer=protos_dot_cbir__pb2.InfoRequest.SerializeToString,
@@ -321,6 +326,14 @@ class CoordinatorServicer:
 
     def Search(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchBatch(self, request, context):
+        """Many queries per request, one result per query in order (docs/coordinator.md, SearchBatch):
+        one Shard.Search per shard carries every query's vector.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -351,6 +364,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=protos_dot_cbir__pb2.SearchRequest.FromString,
                     response_serializer=protos_dot_cbir__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=protos_dot_cbir__pb2.SearchBatchRequest.FromString,
+                    response_serializer=protos_dot_cbir__pb2.SearchBatchResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -397,6 +415,33 @@ class Coordinator:
             '/cbir.v1.Coordinator/Search',
             protos_dot_cbir__pb2.SearchRequest.SerializeToString,
             protos_dot_cbir__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbir.v1.Coordinator/SearchBatch',
+            protos_dot_cbir__pb2.SearchBatchRequest.SerializeToString,
+            protos_dot_cbir__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

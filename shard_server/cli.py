@@ -15,6 +15,7 @@ from cbir.rpc.logs import LogOptions, configure
 from cbir.rpc.security import add_security_arguments, server_security_from_args
 from cbir.rpc.serving import check_can_listen
 from shard_server.server import ServerConfig, main_async
+from shard_server.workers import serve_workers
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure(build(LogOptions, args).log_format)
+    log_format = build(LogOptions, args).log_format
+    configure(log_format)
     config = config_from_args(args)
     if config.metrics_port:  # prometheus' own failure would be a traceback after start-up
-        check_can_listen(config.host, config.metrics_port)
+        for worker in range(config.workers):  # worker i: metrics_port + i
+            check_can_listen(config.host, config.metrics_port + worker)
+    if config.workers > 1:
+        return serve_workers(config, log_format)
     return main_async(config)

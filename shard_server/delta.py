@@ -11,6 +11,10 @@ later views append, and applying an entry costs the entry's rows, not a copy of 
   hold their rows.
 - Metadata: one Arrow record batch per applied entry, typed like the base's metadata table
   (``cbir.live_metadata``), so a filter compiled for the base runs on the delta unchanged.
+- Liveness is write-once too: ``dead_at[r]`` is the log position whose entry superseded or
+  deleted row ``r`` (``ALIVE`` until then), so a view at position ``seq`` sees row ``r`` live
+  iff ``r < size and dead_at[r] > seq``; ``latest`` maps an id to the newest row written for
+  it. A view holds only its size, position and live count: no per-entry copy of an id map.
 - Filter masks: per filter text, the mask over the rows evaluated so far; a later view only
   evaluates the rows appended since (rows never change, so a mask never goes stale).
 
@@ -30,6 +34,7 @@ from cbir.filters import Filter, matching_rows
 from cbir.live_metadata import metadata_batch
 from cbir.wal import Upsert
 
+ALIVE = np.iinfo(np.int64).max
 DEFAULT_SCHEMA = pa.schema([("image_id", pa.int64()), ("key", pa.string())])
 MAX_MASKS = 256  # filters whose delta mask is kept (a mask is one byte per delta row)
 
@@ -41,6 +46,9 @@ class DeltaStore:
         self.schema = schema
         self.columns = np.zeros((dim, capacity), np.float32)  # column r = row r's vector
         self.ids = np.full(capacity, -1, np.int64)
+        self.dead_at = np.full(capacity, ALIVE, np.int64)
+        self.latest: dict[int, int] = {}  # id -> the newest row written for it
+        self.seq = 0  # the log position of the newest entry applied to the store
         self.keys: list[str] = []
         self.chunks: list[pa.RecordBatch] = []  # metadata, one batch per appended entry
         self.chunk_ends: list[int] = []  # row after each chunk
@@ -62,16 +70,21 @@ class DeltaStore:
         self.size = first + n  # last: a reader never sees a row before it is written
         return first
 
-    def truncate(self, size: int) -> None:
-        """Forget rows ``[size, self.size)`` (only ever read by views nobody holds)."""
-        if size >= self.size:
+    def truncate(self, size: int, seq: int) -> None:
+        """Back to the state of the view (``size``, ``seq``): forget what entries after it
+        wrote (only views nobody holds read that: a round of entries failed before its view
+        was published)."""
+        if size == self.size and seq == self.seq:
             return
         while self.chunk_ends and self.chunk_ends[-1] > size:
             self.chunks.pop()
             self.chunk_ends.pop()
         del self.keys[size:]
         self._masks = OrderedDict((text, mask[:size]) for text, mask in self._masks.items())
-        self.size = size
+        self.dead_at[size:] = ALIVE
+        self.dead_at[: size][self.dead_at[:size] > seq] = ALIVE
+        self.latest = {int(i): row for row, i in enumerate(self.ids[:size].tolist())}
+        self.size, self.seq = size, seq
 
     def _make_room(self, needed: int) -> None:
         capacity = self.columns.shape[1]
@@ -82,7 +95,9 @@ class DeltaStore:
         columns[:, : self.size] = self.columns[:, : self.size]
         ids = np.full(capacity, -1, np.int64)
         ids[: self.size] = self.ids[: self.size]
-        self.columns, self.ids = columns, ids
+        dead_at = np.full(capacity, ALIVE, np.int64)
+        dead_at[: self.size] = self.dead_at[: self.size]
+        self.columns, self.ids, self.dead_at = columns, ids, dead_at
 
     def metadata(self, rows: int) -> pa.Table:
         """The metadata of rows ``[0, rows)`` (``rows`` ends a chunk: a view's size)."""

@@ -10,7 +10,6 @@ when the last of them drops it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -18,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faiss
@@ -31,12 +29,12 @@ from cbir.errors import FailedPrecondition, ModelMismatch, NotFound, Unavailable
 from cbir.options import option
 from cbir.schema import INDEX_MANIFEST, ShardManifest, read_manifest
 from shard_server.delta import DEFAULT_SCHEMA
+from shard_server.index_cache import cached_version, check_checksum, fetch
 from shard_server.live import LiveBox
 from shard_server.segments import LiveView
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -119,33 +117,20 @@ def check_expectations(manifest: ShardManifest, expect: Expectations, where: str
         raise FailedPrecondition(f"{where}: metric {manifest.metric!r} is not served (only ip)")
 
 
-def _fetch(uri: str, directory: str) -> str:
-    """A local file holding ``uri``: the path itself, or a streamed download from S3."""
-    if not storage.is_s3(uri):
-        if not Path(uri).is_file():
-            raise NotFound(f"no such file: {uri}")
-        return uri
-    dest = str(Path(directory) / Path(storage.parse_s3(uri).key).name)
-    storage.download(uri, dest)  # S3 errors arrive typed (NotFound, PermissionDenied, ...)
-    return dest
+def mmap_flags(factory: str) -> int:
+    """What Faiss can memory-map: IVF inverted lists (IO_FLAG_MMAP) or the codes of an
+    IndexFlatCodes (Flat, SQ, PQ; HNSW's vector storage) (IO_FLAG_MMAP_IFC). The two cannot be
+    combined (faiss 1.15: the IVF reader then refuses the mapped reader)."""
+    return faiss.IO_FLAG_MMAP if "IVF" in factory.upper() else faiss.IO_FLAG_MMAP_IFC
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_index(path: str, manifest: ShardManifest, where: str) -> Any:
-    if (actual := _sha256_file(path)) != manifest.checksum:
-        raise FailedPrecondition(
-            f"{where}: index.faiss checksum {actual[:12]}... != manifest {manifest.checksum[:12]}"
-            "... (corrupt or partially written index)"
-        )
+def _read_index(path: str, manifest: ShardManifest, where: str, mmap: bool = False) -> Any:
+    """``mmap``: map what Faiss can (IVF lists, Flat/SQ/PQ codes) instead of reading it, so
+    processes opening the same file share its pages; the file is already verified."""
+    if not mmap:
+        check_checksum(path, manifest.checksum, where)
     try:
-        index = faiss.read_index(path)
+        index = faiss.read_index(path, mmap_flags(manifest.factory) if mmap else 0)
     except RuntimeError as exc:
         raise FailedPrecondition(f"{where}: Faiss cannot read index.faiss: {exc}") from exc
     if index.d != manifest.dim or index.ntotal != manifest.count:
@@ -185,7 +170,7 @@ def _read_metadata(uri: str, ids: np.ndarray, keys: pa.Array, where: str) -> pa.
     if not storage.exists(uri):
         return base
     with tempfile.TemporaryDirectory(prefix="cbir-meta-") as tmp:
-        table = pq.read_table(_fetch(uri, tmp))
+        table = pq.read_table(fetch(uri, tmp))
     if "image_id" not in table.column_names or not np.array_equal(
             table.column("image_id").to_numpy(), ids):
         raise FailedPrecondition(f"{where}: metadata.parquet rows do not match ids.parquet")
@@ -195,8 +180,10 @@ def _read_metadata(uri: str, ids: np.ndarray, keys: pa.Array, where: str) -> pa.
     return base.combine_chunks()
 
 
-def load_shard(index_uri: str, shard: int, expect: Expectations) -> LoadedIndex:
-    """Load and verify ``index_uri``/shard=NNN/; raise a typed error saying what is wrong."""
+def load_shard(index_uri: str, shard: int, expect: Expectations,
+               cache_dir: str = "") -> LoadedIndex:
+    """Load and verify ``index_uri``/shard=NNN/; raise a typed error saying what is wrong.
+    ``cache_dir``: keep the files there (shared by the workers) and memory-map the index."""
     where = index_layout.shard_uri(index_uri, shard)
     manifest_uri = storage.join(where, INDEX_MANIFEST)
     if not storage.exists(manifest_uri):
@@ -205,17 +192,24 @@ def load_shard(index_uri: str, shard: int, expect: Expectations) -> LoadedIndex:
     if manifest.shard != shard:
         raise FailedPrecondition(f"{where}: manifest is for shard {manifest.shard}, not {shard}")
     check_expectations(manifest, expect, where)
+    uris = {name: storage.join(where, name)
+            for name in (index_layout.INDEX_FILE, index_layout.IDS_FILE)}
     with tempfile.TemporaryDirectory(prefix="cbir-shard-") as tmp:
-        index_path = _fetch(storage.join(where, index_layout.INDEX_FILE), tmp)
-        index = _read_index(index_path, manifest, where)
+        if cache_dir:
+            local = cached_version(cache_dir, manifest.checksum, uris,
+                                   lambda path: check_checksum(path, manifest.checksum, where))
+            paths = {name: str(local / name) for name in uris}
+        else:
+            paths = {name: fetch(uri, tmp) for name, uri in uris.items()}
+        index_path = paths[index_layout.INDEX_FILE]
+        index = _read_index(index_path, manifest, where, mmap=bool(cache_dir))
         index_bytes = os.path.getsize(index_path)  # ~ its size in RAM
-        ids, keys = _read_ids(_fetch(storage.join(where, index_layout.IDS_FILE), tmp),
-                              manifest, where)
+        ids, keys = _read_ids(paths[index_layout.IDS_FILE], manifest, where)
     metadata = _read_metadata(storage.join(where, index_layout.METADATA_FILE), ids, keys, where)
     _enable_reconstruct(index)
     memory = index_bytes + int(ids.nbytes) + int(metadata.nbytes)
-    log.info("loaded %s: %d x %d %s (%s)", where, manifest.count, manifest.dim,
-             manifest.factory, manifest.index_version)
+    log.info("loaded %s: %d x %d %s (%s%s)", where, manifest.count, manifest.dim,
+             manifest.factory, manifest.index_version, ", memory-mapped" if cache_dir else "")
     return LoadedIndex(index, manifest, index_uri, ids, keys, memory, metadata)
 
 

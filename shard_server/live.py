@@ -75,10 +75,7 @@ def delta_keys(view: LiveView, ids: np.ndarray, keys: list[str]) -> list[str]:
     for i, image_id in enumerate(flat):
         if image_id < 0 or out[i]:
             continue
-        row = view.delta.row_of.get(image_id)
-        if row is None:
-            rows = np.flatnonzero(view.delta.ids == image_id)
-            row = int(rows[-1]) if len(rows) else None
+        row = view.delta.any_row(image_id)
         if row is not None:
             out[i] = view.delta.keys[row]
     return out
@@ -87,15 +84,17 @@ def delta_keys(view: LiveView, ids: np.ndarray, keys: list[str]) -> list[str]:
 def split_live_ids(view: LiveView, wanted: np.ndarray, in_base: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
     """For GetVectors: (served from the base, served from the delta) masks over ``wanted``."""
-    from_delta = np.array([int(i) in view.delta.row_of for i in wanted.tolist()], dtype=bool)
+    from_delta = np.array([view.delta.row_of(int(i)) is not None for i in wanted.tolist()],
+                          dtype=bool)
     hidden = np.array([view.hidden_in_base(int(i)) for i in wanted.tolist()], dtype=bool)
     return in_base & ~hidden & ~from_delta, from_delta
 
 
 def without_hidden(view: LiveView, scores: np.ndarray, ids: np.ndarray, k: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """A base-only answer (a filtered search: the delta carries no metadata yet) with the
-    tombstoned rows removed, cut to ``k``: deleted or replaced images never come back."""
+    """A base-only answer (a filtered search's brute-force plan, which asked for as many more
+    rows as it has hidden) with the tombstoned rows removed, cut to ``k``: deleted or replaced
+    images never come back."""
     if len(view.tombstones):
         hidden = np.isin(ids, view.tombstones)
         ids = np.where(hidden, -1, ids)

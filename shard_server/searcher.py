@@ -80,6 +80,11 @@ class SearcherConfig:
     wal: str = option("", metavar="URI",
                       help="write-ahead log root (path or s3://) of live upserts/deletes to "
                            "apply on top of the index (default: none)")
+    # Where index files are kept and memory-mapped (shared by the workers; "" = read into
+    # this process's memory, files deleted after the load). --workers N > 1 sets one.
+    index_cache_dir: str = option("", metavar="DIR",
+                                  help="keep index files here and memory-map them (shared "
+                                       "by --workers; default: read into memory)")
     wal_interval_s: float = option(1.0, flag="--wal-interval", positive=True, metavar="S",
                                    help="seconds between reads of the write-ahead log (pushes "
                                         "from coordinators make writes visible sooner)")
@@ -247,7 +252,7 @@ class ShardSearcher:
         serving if anything fails. Returns (new, old)."""
         async with self._load_lock:
             new = await asyncio.to_thread(load_shard, index_uri, self.config.shard,
-                                          self.config.expect)
+                                          self.config.expect, self.config.index_cache_dir)
             old = self.store.current() if self.store.loaded else None
             if old is not None:
                 check_compatible(old, new)

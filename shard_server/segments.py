@@ -12,6 +12,7 @@ carries its metadata (typed like the base's metadata table), so filters cover th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,27 +22,26 @@ import pyarrow as pa
 
 from cbir.errors import InvalidArgument
 from cbir.wal import LogEntry, Upsert
-from shard_server.delta import DEFAULT_SCHEMA, DeltaStore
+from shard_server.delta import ALIVE, DEFAULT_SCHEMA, DeltaStore
 
 faiss: Any = _faiss  # the stubs lag the SWIG module (IDSelectorNot, ...)
 
 
 @dataclass(frozen=True)
 class DeltaRows:
-    """The delta's rows ``[0, size)`` of a shared grow-only store, and which are live."""
+    """The delta's rows ``[0, size)`` of a shared grow-only store, as of log position ``seq``
+    (which rows are live is the store's write-once ``dead_at``)."""
 
     store: DeltaStore
     size: int
-    dead_rows: np.ndarray  # int64, sorted: superseded or deleted rows below size
-    row_of: dict[int, int] = field(default_factory=dict)  # live id -> row
+    seq: int
+    live_count: int
 
     @staticmethod
-    def empty(dim: int, schema: pa.Schema = DEFAULT_SCHEMA) -> DeltaRows:
-        return DeltaRows(DeltaStore(dim, schema), 0, np.zeros(0, np.int64))
-
-    @property
-    def live_count(self) -> int:
-        return len(self.row_of)
+    def empty(dim: int, schema: pa.Schema = DEFAULT_SCHEMA, seq: int = 0) -> DeltaRows:
+        store = DeltaStore(dim, schema)
+        store.seq = seq
+        return DeltaRows(store, 0, seq, 0)
 
     @property
     def ids(self) -> np.ndarray:
@@ -52,9 +52,28 @@ class DeltaRows:
         return self.store.keys
 
     def live_mask(self) -> np.ndarray:
-        live = np.ones(self.size, bool)
-        live[self.dead_rows] = False
-        return live
+        return self.store.dead_at[: self.size] > self.seq
+
+    @functools.cached_property
+    def dead_rows(self) -> np.ndarray:
+        """Rows below size that are dead in this view (computed once per view)."""
+        return np.flatnonzero(self.store.dead_at[: self.size] <= self.seq)
+
+    def live_ids(self) -> np.ndarray:
+        return self.ids[self.live_mask()]
+
+    def any_row(self, image_id: int) -> int | None:
+        """The newest row of this view holding ``image_id``, live or not."""
+        row = self.store.latest.get(image_id)
+        if row is None or row < self.size:
+            return row
+        rows = np.flatnonzero(self.ids == image_id)  # written again after this view
+        return int(rows[-1]) if len(rows) else None
+
+    def row_of(self, image_id: int) -> int | None:
+        """The live row of ``image_id`` in this view, if any."""
+        row = self.any_row(image_id)
+        return row if row is not None and self.store.dead_at[row] > self.seq else None
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,7 @@ class LiveView:
         """The view of a base alone; ``schema`` is the base's metadata table's (the delta's
         metadata rows get exactly these columns and types)."""
         ids = np.sort(np.asarray(base_ids, dtype=np.int64))
-        return LiveView(ids, DeltaRows.empty(dim, schema), applied_seq=applied_seq)
+        return LiveView(ids, DeltaRows.empty(dim, schema, applied_seq), applied_seq=applied_seq)
 
     @property
     def dim(self) -> int:
@@ -129,8 +148,9 @@ class LiveView:
         store, size = self.delta.store, self.delta.size
         if rows is None:
             sims = queries @ store.columns[:, :size]
-            if len(self.delta.dead_rows):
-                sims[:, self.delta.dead_rows] = -np.inf
+            dead = self.delta.dead_rows
+            if len(dead):
+                sims[:, dead] = -np.inf
             ids = store.ids[:size]
         else:
             sims, ids = queries @ store.columns[:, rows], store.ids[rows]
@@ -147,12 +167,8 @@ class LiveView:
         if rows is not None:
             found = rows[above]
         else:
-            found = above
-            dead = self.delta.dead_rows
-            if len(dead) and len(found):
-                pos = np.minimum(np.searchsorted(dead, found), len(dead) - 1)
-                keep = dead[pos] != found
-                found, above = found[keep], above[keep]
+            keep = store.dead_at[above] > self.delta.seq
+            found = above = above[keep]
         return _top_k_of(sims[above][None, :], store.ids[found], k)
 
     def search_delta(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +177,7 @@ class LiveView:
         return merge_top_k(scores, ids, scores[:, :0], ids[:, :0], k)
 
     def delta_vector(self, image_id: int) -> tuple[np.ndarray, str] | None:
-        row = self.delta.row_of.get(image_id)
+        row = self.delta.row_of(image_id)
         if row is None:
             return None
         return self.delta.store.columns[:, row].copy(), self.delta.keys[row]
@@ -185,24 +201,26 @@ def _apply_to_delta(delta: DeltaRows, entry: LogEntry, dim: int) -> tuple[DeltaR
                 f"upsert of {upsert.image_id}: vector has shape {upsert.vector.shape}, "
                 f"the shard serves dim {dim}"
             )
-    # Rows past this view were written for views never published (a later entry of their
-    # round failed): nobody reads them, so they are dropped and written again.
-    delta.store.truncate(delta.size)
-    row_of = dict(delta.row_of)
-    row = delta.store.append(upserts)
-    dead: list[int] = []
+    # Rows and marks past this view were written for views never published (a later entry of
+    # their round failed): nobody reads them, so they are dropped and written again.
+    store, seq = delta.store, entry.seq
+    store.truncate(delta.size, delta.seq)
+    live = delta.live_count
+    row = store.append(upserts)
     touched: set[int] = set()
     for op in entry.operations:
-        old = row_of.pop(op.image_id, None)
-        if old is not None:
-            dead.append(old)
+        old = store.latest.get(op.image_id)
+        if old is not None and store.dead_at[old] == ALIVE:
+            store.dead_at[old] = seq
+            live -= 1
         touched.add(op.image_id)
         if isinstance(op, Upsert):
-            row_of[op.image_id] = row
+            store.latest[op.image_id] = row
             row += 1
-    dead_rows = np.union1d(delta.dead_rows, np.array(dead, np.int64)) if dead else \
-        delta.dead_rows
-    return DeltaRows(delta.store, row, dead_rows, row_of), touched
+            live += 1
+    store.seq = seq
+    return DeltaRows(store, row, seq, live), touched
+
 
 
 def merge_top_k(

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cbir.errors import CbirError
@@ -27,10 +28,11 @@ from cbir.rpc.guard import BearerTokenInterceptor
 from cbir.rpc.logs import safe_text
 from cbir.rpc.security import ServerSecurity, server_credentials
 from cbir.rpc.serving import Serving
+from cbir.workers import workers_option
 from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.admin import IndexPolicy
 from shard_server.metrics import ShardMetrics
-from shard_server.pointer import PointerWatch, read_pointer
+from shard_server.pointer import PointerWatch, read_pointer, write_pointer
 from shard_server.searcher import SearcherConfig, ShardSearcher
 from shard_server.servicer import ShardServicer
 
@@ -73,6 +75,14 @@ class ServerConfig:
         "", metavar="URI",
         help="LoadIndex and pointer targets must lie under this root "
              "(default: the folder holding --index or --index-pointer)")
+    workers: int = workers_option()
+    # Set in each worker of a --workers N server (never on the command line): the port is
+    # shared (SO_REUSEPORT) and metrics go to metrics_port + worker_index.
+    worker_index: int | None = None
+    # Workers without --index-pointer: a local file naming the version a LoadIndex swapped in
+    # (LoadIndex reaches one worker; the others, and restarted ones, follow the file).
+    sibling_target: str = ""
+    sibling_interval_s: float = 0.5
 
 
 class ShardServer:
@@ -85,7 +95,7 @@ class ShardServer:
         self.pointer_target = ""  # what the pointer named at its last read
         self._pointer_error: str | None = None  # the last read failure, logged once
         servicer = ShardServicer(self.searcher, self.metrics, self.policy,
-                                 lambda: self.pointer_target)
+                                 lambda: self.pointer_target, self._manually_loaded)
         self.guards: list[BearerTokenInterceptor] = []  # (public[, admin]): their auth state
         self.serving = self._serving(servicer, trusted=False)
         self.admin = self._serving(servicer, trusted=True) if config.admin_port is not None \
@@ -107,7 +117,7 @@ class ShardServer:
                                        limit=security.failure_limit, method_roles=roles)
         self.guards.append(guard)
         serving = Serving([SERVICE_NAME], limits=self.config.searcher.limits,
-                          interceptors=[guard])
+                          interceptors=[guard], reuse_port=self.config.worker_index is not None)
         cbir_pb2_grpc.add_ShardServicer_to_server(servicer, serving.server)
         return serving
 
@@ -127,7 +137,8 @@ class ShardServer:
             await self.admin.start()
             log.info("admin port listening on %s:%d", ADMIN_HOST, self.admin_port)
         if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port, self.config.host)
+            self.metrics.serve(self.config.metrics_port + (self.config.worker_index or 0),
+                               self.config.host)
         log.info("shard %d listening on %s:%d (tls=%s, tokens=%s, index roots=%s)",
                  self.config.searcher.shard, self.config.host, self.port, tls is not None,
                  self.config.security.auth is not None, ", ".join(self.policy.allowed_roots))
@@ -135,9 +146,23 @@ class ShardServer:
             await self.load()
         return self.port
 
+    @property
+    def _siblings(self) -> str:
+        """The workers' shared LoadIndex file ("" when none: one process, or a pointer)."""
+        return self.config.sibling_target if self.config.index_pointer is None else ""
+
+    def _manually_loaded(self, uri: str) -> None:
+        """A LoadIndex swapped ``uri`` in here: tell the sibling workers (one atomic write)."""
+        self.watch.loaded(uri)
+        if self._siblings:
+            write_pointer(self._siblings, uri, check=False)
+
     async def load(self) -> None:
-        """The first load: the pointer's target (if watching one) or ``index_uri``."""
+        """The first load: the pointer's target (if watching one) or ``index_uri`` (or what a
+        LoadIndex on a sibling worker swapped in since)."""
         target = self.config.index_uri  # the command line's: trusted as given
+        if self._siblings and Path(self._siblings).is_file():
+            target = self.policy.check(await asyncio.to_thread(read_pointer, self._siblings))
         if self.config.index_pointer is not None:
             target = await asyncio.to_thread(read_pointer, self.config.index_pointer)
             self._pointer_read(self._normalised(target))
@@ -154,7 +179,7 @@ class ShardServer:
         if self.searcher.log is not None and self._log_task is None:
             self._log_task = asyncio.get_running_loop().create_task(
                 self.searcher.follow_log(self._log_stop))
-        if self.config.index_pointer is not None and self._watcher is None:
+        if self._watcher is None and (self.config.index_pointer or self._siblings):
             self._watcher = asyncio.get_running_loop().create_task(self._watch_pointer())
 
     async def set_serving(self, serving: bool) -> None:
@@ -186,10 +211,14 @@ class ShardServer:
                 safe_text(self.searcher.store.current().version), reason)
 
     async def _watch_pointer(self) -> None:
-        assert self.config.index_pointer is not None
+        """The index pointer, or the siblings' LoadIndex file (same load path, same checks)."""
+        pointer = self.config.index_pointer or self._siblings
+        interval = self.config.pointer_interval_s if self.config.index_pointer \
+            else self.config.sibling_interval_s
         while True:
-            await asyncio.sleep(self.config.pointer_interval_s)
-            await self.check_pointer(self.config.index_pointer)
+            await asyncio.sleep(interval)
+            if self.config.index_pointer or Path(pointer).is_file():
+                await self.check_pointer(pointer)
 
     async def check_pointer(self, pointer: str) -> None:
         """One poll: load the pointer's target if it changed; failures keep the old version."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -70,11 +71,13 @@ def observed(name: str) -> Callable[[Method[R]], Method[R]]:
 
 class ShardServicer(cbir_pb2_grpc.ShardServicer):
     def __init__(self, searcher: ShardSearcher, metrics: ShardMetrics, policy: IndexPolicy,
-                 pointer_target: Callable[[], str] = lambda: "") -> None:
+                 pointer_target: Callable[[], str] = lambda: "",
+                 loaded: Callable[[str], None] = lambda uri: None) -> None:
         self.searcher = searcher
         self.metrics = metrics
         self.policy = policy
         self.pointer_target = pointer_target  # the pointer's content at its last read
+        self.loaded = loaded  # told the URI a LoadIndex swapped in (workers pass it on)
 
     @grpc_errors
     @observed("Search")
@@ -132,6 +135,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             held_versions=self.searcher.store.held_versions(),
             index_uri=loaded.uri, index_pointer=self.policy.index_pointer or "",
             pointer_target=self.pointer_target(), applied_seq=view.applied_seq,
+            worker_pid=os.getpid(),
             metadata_columns=[cbir_pb2.MetadataColumn(name=f.name, type=str(f.type))
                               for f in schema_of(loaded)],
         )
@@ -156,6 +160,7 @@ class ShardServicer(cbir_pb2_grpc.ShardServicer):
             self.metrics.load_failed("rpc")
             raise
         self.metrics.index_loaded(new, "rpc")
+        self.loaded(new.uri)
         return cbir_pb2.LoadIndexResponse(
             swapped=True,
             index_version=new.version,

@@ -35,6 +35,8 @@ def request_byte_limits(limits: Limits) -> dict[str, int]:
         # An image query carries the image; a vector or id query needs a few KiB.
         "/cbir.v1.Coordinator/Search": min(limits.max_image_bytes + SMALL_REQUEST_BYTES,
                                            limits.max_message_bytes),
+        # Up to max_batch queries (images included), within the transport's message cap.
+        "/cbir.v1.Coordinator/SearchBatch": limits.max_message_bytes,
         "/cbir.v1.Coordinator/Info": SMALL_REQUEST_BYTES,
         # max_batch packed float32 query vectors.
         "/cbir.v1.Shard/Search": limits.max_message_bytes,

@@ -47,9 +47,11 @@ MAX_CONNECTION_AGE_MS = 30 * 60_000
 
 
 def server_options(
-    limits: Limits = DEFAULT_LIMITS, receive_bytes: int | None = None
+    limits: Limits = DEFAULT_LIMITS, receive_bytes: int | None = None, reuse_port: bool = False
 ) -> list[tuple[str, int]]:
-    """``receive_bytes``: the transport's receive limit (default: limits.max_message_bytes)."""
+    """``receive_bytes``: the transport's receive limit (default: limits.max_message_bytes).
+    ``reuse_port``: share the port with the other workers of a ``--workers N`` server (off
+    otherwise, so a second server on a taken port fails instead of silently sharing it)."""
     receive = limits.max_message_bytes if receive_bytes is None else receive_bytes
     grace_ms = int(limits.max_deadline_s * 1000) + 5_000  # the longest call still finishes
     options = [o for o in channel_options(limits) if o[0] != "grpc.max_receive_message_length"]
@@ -57,7 +59,7 @@ def server_options(
         *options,
         ("grpc.max_receive_message_length", receive),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
         ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
         ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
@@ -93,9 +95,10 @@ def return_large_buffers_to_the_os() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
 
-def check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int, reuse_port: bool = False) -> None:
     """One clear error before gRPC tries (its own failure is a log line and a RuntimeError):
-    the port is taken, or the host is not an address of this machine."""
+    the port is taken (by anything but this server's workers, with ``reuse_port``), or the
+    host is not an address of this machine."""
     bare = host.strip("[]")
     try:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(bare, port,
@@ -104,6 +107,8 @@ def check_can_listen(host: str, port: int) -> None:
         raise errors.InvalidArgument(f"cannot listen on {host}:{port}: unknown host") from exc
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        if reuse_port:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             probe.bind(sockaddr)
         except OSError as exc:
@@ -120,13 +125,15 @@ class Serving:
         service_names: Iterable[str],
         limits: Limits = DEFAULT_LIMITS,
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.service_names = list(service_names)
+        self.reuse_port = reuse_port
         byte_limits = request_byte_limits(limits)
         self.receive_bytes = receive_limit(self.service_names, byte_limits)
         guard = RequestGuard(byte_limits, default_bytes=self.receive_bytes)
         self.server = grpc.aio.server(
-            options=server_options(limits, self.receive_bytes),
+            options=server_options(limits, self.receive_bytes, reuse_port),
             interceptors=[*interceptors, guard],
         )
         self.health = health.aio.HealthServicer()
@@ -137,7 +144,7 @@ class Serving:
 
     def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
         address = f"{host}:{port}"
-        check_can_listen(host, port)
+        check_can_listen(host, port, self.reuse_port)
         try:
             if credentials is None:
                 bound = self.server.add_insecure_port(address)

@@ -117,11 +117,7 @@ def _head(shard_log: ShardLog, folded: int) -> int:
         raise FailedPrecondition(
             f"the log at {shard_log.prefix} has no entry {folded}, which the index version "
             "folded in: is --wal the log this index's replicas follow?")
-    head = shard_log.last_seq(at_least=folded)
-    if head < folded:
-        raise FailedPrecondition(f"the log at {shard_log.prefix} ends at {head}, before the "
-                                 f"version's position {folded}")
-    return head
+    return shard_log.last_seq(at_least=folded)
 
 
 def read_start(config: CompactConfig) -> Start:

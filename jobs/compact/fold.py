@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from cbir import storage
 from cbir.errors import FailedPrecondition
 from cbir.ids import shards_of
+from cbir.live_metadata import cast_attribute
 from cbir.schema import ATTRIBUTES
 from cbir.wal import Delete, LogEntry, Operation, Upsert
 from jobs.build_index import embeddings_run
@@ -105,23 +106,74 @@ def _num_rows(uri: str) -> int:
         return int(pq.ParquetFile(fh).metadata.num_rows)
 
 
+# The run's columns for what a log upsert knows of its object (``cbir.wal.ObjectInfo``).
+INFO_TO_RUN = {"size": "bytes", "width": "width", "height": "height",
+               "content_type": "content_type", "last_modified": "last_modified"}
+BUILT_IN = frozenset({"image_id", "key", "shard", "embedding", ATTRIBUTES,
+                      *INFO_TO_RUN.values()})
+
+
+def _fitting(values: list[object], kind: pa.DataType) -> pa.Array:
+    """``values`` as an array of ``kind``; one that does not fit is null (a replica stores null
+    for it too: cbir.live_metadata)."""
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([_fits_or_none(v, kind) for v in values], type=kind)
+
+
+def _fits_or_none(value: object, kind: pa.DataType) -> object:
+    try:
+        pa.array([value], type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
+    return value
+
+
+def _cast_or_none(value: str | None, kind: pa.DataType) -> object:
+    if value is None:
+        return None
+    try:
+        return cast_attribute(value, kind)
+    except ValueError:
+        return None
+
+
+def _metadata_columns(upserts: Sequence[Upsert], schema: pa.Schema) -> dict[str, pa.Array]:
+    """The object metadata and attributes of log upserts, typed by the rule a replica applies
+    to its delta (docs/live_updates.md, "Metadata of upserts"), so a filter answers the same
+    before and after compaction: the object's columns from its info; an attribute that names a
+    typed (sidecar) column of the run fills it, cast; every other attribute goes to the
+    ``attributes`` map, which the build expands into string columns like a backfilled row's."""
+    columns = {column: _fitting([getattr(u.info, info) for u in upserts],
+                                schema.field(column).type)
+               for info, column in INFO_TO_RUN.items() if column in schema.names}
+    typed = [f for f in schema if f.name not in BUILT_IN]
+    for f in typed:
+        columns[f.name] = _fitting([_cast_or_none(u.attributes.get(f.name), f.type)
+                                    for u in upserts], f.type)
+    if ATTRIBUTES in schema.names:  # runs written before the metadata columns have none
+        taken = {f.name for f in typed}
+        columns[ATTRIBUTES] = pa.array(
+            [sorted((k, v) for k, v in u.attributes.items() if k not in taken)
+             for u in upserts], schema.field(ATTRIBUTES).type)
+    return columns
+
+
 def _known_columns(upserts: Sequence[Upsert], dim: int, num_shards: int,
                    schema: pa.Schema) -> dict[str, pa.Array]:
     """The columns a log upsert fills; every other column of the run is null for its row."""
     ids = np.array([u.image_id for u in upserts], dtype=np.int64)
     vectors = (np.stack([u.vector for u in upserts]) if upserts
                else np.zeros((0, dim), np.float32)).astype(np.float32, copy=False)
-    columns = {
+    return {
         "image_id": pa.array(ids, pa.int64()),
         "key": pa.array([u.key for u in upserts], pa.string()),
         "shard": pa.array(shards_of(ids, num_shards), pa.int32()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1),
                                                                 pa.float32()), dim),
+        **_metadata_columns(upserts, schema),
     }
-    if ATTRIBUTES in schema.names:  # runs written before the metadata columns have none
-        columns[ATTRIBUTES] = pa.array([sorted(u.attributes.items()) for u in upserts],
-                                       schema.field(ATTRIBUTES).type)
-    return columns
 
 
 def upserts_table(upserts: Sequence[Upsert], schema: pa.Schema, num_shards: int) -> pa.Table:

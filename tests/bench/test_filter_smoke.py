@@ -32,6 +32,8 @@ def test_bench_filter_smoke(tmp_path: Path) -> None:
     for side in ("cache_off", "cache_on"):
         for kind in ("by_vector", "by_image_id"):
             assert zipf[side][kind]["queries"] > 0 and zipf[side][kind]["qps"] > 0
+            cpu = zipf[side][kind]["cpu_ms_per_query"]
+            assert set(cpu) == {"clients", "coordinator", "shards", "total"} and cpu["total"] > 0
     for kind in ("by_vector", "by_image_id"):
         # Every repeat in the stream is a hit: the hit rate is the stream's repeat share.
         assert abs(zipf["cache_on"][kind]["hit_rate"] - zipf["stream_repeat_share"]) < 0.03

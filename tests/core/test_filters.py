@@ -108,6 +108,28 @@ def test_malformed_filters_name_the_problem(text: str, needle: str) -> None:
     assert needle in str(info.value)
 
 
+@pytest.mark.parametrize(("pattern", "expected"), [
+    (r"s3://b/2024\_06/%", [0]),          # an escaped '_' is a literal underscore
+    (r"s3://b/2024\_0%", [0]),
+    (r"s3://b/100\%/%", [2]),             # an escaped '%' is a literal percent sign
+    (r"s3://b/2024\_06/a\_b.jpg", [0]),  # no final '%': the exact key
+    (r"s3://b/\2024%", [0, 1]),           # an escaped ordinary character is itself
+])
+def test_like_escapes_wildcards_with_a_backslash(pattern: str, expected: list[int]) -> None:
+    table = pa.table({"key": ["s3://b/2024_06/a_b.jpg", "s3://b/2024-06/c.jpg",
+                              "s3://b/100%/d.jpg"]})
+    flt = parse_filter(f"key LIKE '{pattern}'", table.schema)
+    assert matching_rows(table, flt).tolist() == expected
+
+
+@pytest.mark.parametrize(("pattern", "needle"), [
+    ("s3://b/2024_06/%", r"write '\_'"), ("s3://b/x\\", "lone backslash")])
+def test_unescaped_underscore_or_trailing_backslash_is_refused(pattern: str, needle: str) -> None:
+    with pytest.raises(InvalidArgument, match="filter") as info:
+        parse_filter(f"key LIKE '{pattern}'", pa.schema([("key", pa.string())]))
+    assert needle in str(info.value)
+
+
 def test_unknown_column_at_evaluation_time_is_refused() -> None:
     flt = parse_filter("width > 3", SCHEMA)
     with pytest.raises(InvalidArgument, match="unknown column 'width'"):

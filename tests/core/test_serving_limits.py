@@ -25,7 +25,9 @@ def test_each_server_receives_only_what_its_methods_need() -> None:
     limits = request_byte_limits(LIMITS)
     coordinator = receive_limit(["cbir.v1.Coordinator"], limits)
     shard = receive_limit(["cbir.v1.Shard"], limits)
-    assert coordinator == 1_000_000 + 64 * 1024  # an image query and its fields
+    # SearchBatch: up to max_batch queries, images included, within the message cap.
+    assert coordinator == 8_000_000
+    assert limits["/cbir.v1.Coordinator/Search"] == 1_000_000 + 64 * 1024  # one image query
     assert shard == 8_000_000  # a batch of packed query vectors
     assert limits["/cbir.v1.Shard/GetVectors"] < 2 * 1024 * 1024  # 100 ids, not 30M
     assert limits["/cbir.v1.Coordinator/Info"] <= 64 * 1024

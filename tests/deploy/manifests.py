@@ -3,6 +3,7 @@ the semantic checks (each returns a list of problems, [] when the manifests are 
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from collections.abc import Iterable
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from deploy.params import parse_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = REPO / "deploy" / "k8s" / "overlays"
@@ -78,7 +81,18 @@ def resolve_env(ctr: Doc, docs: list[Doc], namespace: str) -> dict[str, str]:
             cm = named(docs, "ConfigMap", ref["name"])
             assert cm["metadata"]["namespace"] == namespace
             env[var["name"]] = cm["data"][ref["key"]]
+        elif "resourceFieldRef" in var.get("valueFrom", {}):
+            env[var["name"]] = str(resource_field(ctr, var["valueFrom"]["resourceFieldRef"]))
     return env
+
+
+def resource_field(ctr: Doc, ref: Doc) -> int:
+    """A CPU resourceFieldRef as the kubelet resolves it: the quantity / divisor, rounded up."""
+    assert ref["resource"] in ("requests.cpu", "limits.cpu"), ref
+    assert ref.get("containerName", ctr["name"]) == ctr["name"], ref
+    kind, _, _ = ref["resource"].partition(".")
+    return math.ceil(parse_cpu(str(ctr["resources"][kind]["cpu"]))
+                     / parse_cpu(str(ref.get("divisor", "1"))))
 
 
 def expand(args: list[str], env: dict[str, str]) -> list[str]:

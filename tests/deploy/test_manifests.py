@@ -5,6 +5,7 @@ Indexed Job size, Spark wiring, no credentials."""
 from __future__ import annotations
 
 import copy
+import math
 from functools import cache
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy.params import OverlayParams, load_params
+from deploy.params import OverlayParams, load_params, parse_bytes
 from tests.deploy.manifests import (
     K8S_VERSION,
     OVERLAYS,
@@ -29,6 +30,7 @@ from tests.deploy.manifests import (
     of_kind,
     pod_labels,
     probe_target,
+    resolve_env,
     selects,
 )
 
@@ -274,3 +276,38 @@ def test_web_front_end_serves_behind_its_service(overlay: str) -> None:
     assert flag(ctr["args"], "coordinator-tls-server-name") == "cbir-coordinator"
     if params.tls == "mtls":
         assert flag(ctr["args"], "coordinator-tls-cert") == "/etc/cbir/tls/tls.crt"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_workers_follow_the_cpu_request(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards and coordinators run one worker per requested core: CBIR_WORKERS comes from the
+    pod's own CPU request (the kubelet rounds it up to whole cores), the CLI reads it as
+    --workers, and the shard's memory request budgets the extra workers."""
+    from cbir.cli import build_parser
+
+    docs = rendered(overlay)
+    params = params_of(overlay)
+    shards = component(docs, "Deployment", "shard")
+    coordinator = named(docs, "Deployment", "cbir-coordinator")
+    for workload in [*shards, coordinator]:
+        ctr = container(workload)
+        (var,) = [v for v in ctr["env"] if v["name"] == "CBIR_WORKERS"]
+        assert var["valueFrom"]["resourceFieldRef"] == {
+            "containerName": ctr["name"], "resource": "requests.cpu", "divisor": "1"}
+        assert not any(a.startswith("--workers") for a in ctr["args"])  # one source: the env
+        env = resolve_env(ctr, docs, workload["metadata"]["namespace"])
+        cores = float(str(ctr["resources"]["requests"]["cpu"]).rstrip("m")) / (
+            1000 if str(ctr["resources"]["requests"]["cpu"]).endswith("m") else 1)
+        assert int(env["CBIR_WORKERS"]) == max(1, math.ceil(cores))
+        monkeypatch.setenv("CBIR_WORKERS", env["CBIR_WORKERS"])
+        argv = expand(ctr["args"], {"SHARD_INDEX": "0", **env})
+        args = build_parser(argv).parse_args(argv)  # the generated --workers reads the env
+        assert args.workers == int(env["CBIR_WORKERS"])
+    for workload in shards:
+        ctr = container(workload)
+        assert int(resolve_env(ctr, docs, "")["CBIR_WORKERS"]) == params.shard_workers
+        assert ctr["resources"]["requests"]["memory"] == params.shard_memory
+    expected_mi = math.ceil((parse_bytes(params.memory_base) + params.index_size
+                             * params.memory_overhead + (params.shard_workers - 1)
+                             * parse_bytes(params.worker_memory)) / 2**20)
+    assert params.shard_memory == f"{expected_mi}Mi"

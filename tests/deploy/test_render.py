@@ -100,18 +100,31 @@ def _params(**changes: object) -> OverlayParams:
 
 
 def test_memory_follows_the_index_size() -> None:
-    # memory = base + index_bytes x overhead, in whole Mi, rounded up.
-    p = _params(index_bytes="10Gi", memory_overhead=2.0, memory_base="512Mi")
+    # memory = base + index_bytes x overhead, in whole Mi, rounded up (one worker).
+    p = _params(index_bytes="10Gi", memory_overhead=2.0, memory_base="512Mi", shard_cpu="1")
     assert p.shard_memory == f"{512 + 20 * 1024}Mi"
-    assert _params(index_bytes="1000M", memory_overhead=1.2, memory_base="0").shard_memory == \
+    assert _params(index_bytes="1000M", memory_overhead=1.2, memory_base="0",
+                   shard_cpu="500m").shard_memory == \
         f"{-(-int(1000 * 1000**2 * 1.2) // MI)}Mi"
     small, big = _params(index_bytes="1Gi"), _params(index_bytes="100Gi")
     assert big.startup_failure_threshold > small.startup_failure_threshold
     assert parse_bytes(big.shard_scratch) >= 2 * parse_bytes("100Gi")
 
 
+def test_extra_workers_add_their_own_memory_not_another_index() -> None:
+    """--workers = the CPU request rounded up; the index is mapped once, each further worker
+    adds worker_memory; the scratch holds a third version's files (mapped until unmapped)."""
+    one = _params(index_bytes="10Gi", shard_cpu="1")
+    four = _params(index_bytes="10Gi", shard_cpu="3500m", worker_memory="300Mi")
+    assert (one.shard_workers, four.shard_workers) == (1, 4)
+    assert parse_bytes(four.shard_memory) - parse_bytes(one.shard_memory) == 3 * 300 * MI
+    assert parse_bytes(four.shard_scratch) == 3 * 10 * 1024 * MI + 1024 * MI
+    assert parse_bytes(one.shard_scratch) == 2 * 10 * 1024 * MI + 1024 * MI
+
+
 @pytest.mark.parametrize("changes", [
-    {"replicas": 1}, {"shards": 0}, {"drain_seconds": 5, "resolve_interval": 5},
+    {"replicas": 1}, {"shard_cpu": "two"}, {"worker_memory": "lots"}, {"shards": 0},
+    {"drain_seconds": 5, "resolve_interval": 5},
     {"anti_affinity": "sometimes"}, {"index_bytes": "lots"},
 ])
 def test_bad_parameters_are_refused(changes: dict[str, object]) -> None:

@@ -89,6 +89,9 @@ FILTERS: list[tuple[str, Passes]] = [
      lambda r: r["label"] in ("dog", "bird") and r["pct"] is not None and r["pct"] < 500),
     ("width IS NULL", lambda r: r["width"] is None),
     ("key LIKE 's3://photos/live/%'", lambda r: r["key"].startswith("s3://photos/live/")),
+    # '_' is a LIKE wildcard: a key prefix holding one escapes it (docs/filters.md)
+    ("key LIKE 's3://photos/live/odd\\_%'",
+     lambda r: r["key"].startswith("s3://photos/live/odd_")),
 ]
 
 
@@ -122,7 +125,7 @@ def test_filters_cover_live_upserts_replacements_and_deletes(
     rng = np.random.default_rng(11)
     vectors = fx.random_vectors(60, 50, seed=12)
     labels = ["cat", "dog", "bird"]
-    new = [(f"s3://photos/live/{i}.jpg", vectors[i],
+    new = [(f"s3://photos/live/{'odd_' if i % 2 else 'even_'}{i}.jpg", vectors[i],
             {"label": labels[i % 3], **({"pct": str(i % 20)} if i % 2 else {})})
            for i in range(30)]
     replaced = [(base_keys[i], vectors[30 + i], {"label": "dog", "pct": "7"}) for i in range(10)]

@@ -115,9 +115,13 @@ def test_cli_upsert_and_delete(live: tuple[str, str], tmp_path: Path,
     with CoordinatorClient(address) as client:
         eventually(lambda: top_key(client, b"photo-1") == key
                    and top_key(client, b"photo-2") == fetched)
+        # `--image-id ID...` (the documented form) takes several ids after one flag; a delete by
+        # key answers with that key, one by id with its id.
         code, items = cli_json(capsys, "delete", "--coordinator", address, "--json", key,
-                               "--image-id", str(image_id(fetched)))
-        assert code == 0 and [i["status"] for i in items] == ["ok", "ok"]
+                               "--image-id", str(image_id(fetched)), str(image_id(fetched)))
+        assert code == 0 and [i["status"] for i in items] == ["ok", "ok", "ok"]
+        assert [(i["key"], i["image_id"]) for i in items] == [
+            (key, image_id(key)), ("", image_id(fetched)), ("", image_id(fetched))]
         eventually(lambda: top_key(client, b"photo-1") != key
                    and top_key(client, b"photo-2") != fetched)
 

@@ -50,7 +50,7 @@ def test_push_and_poll_converge(tmp_path: object) -> None:
     for replica in (a, b):
         assert replica.view.applied_seq == 15
         assert replica.view.count == 10 - 10 + 15
-        assert sorted(replica.view.delta.row_of) == list(range(100, 115))
+        assert sorted(replica.view.delta.live_ids().tolist()) == list(range(100, 115))
     np.testing.assert_array_equal(a.view.tombstones, b.view.tombstones)
 
 

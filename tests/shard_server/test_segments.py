@@ -115,3 +115,26 @@ def test_delta_grows_past_its_first_buffer() -> None:
     _, ids = view.search_delta(vecs[[7, 2999]], 1)
     assert ids.ravel().tolist() == [7, 2999]
     assert view.count == 3000
+
+
+def test_a_failed_round_leaves_the_published_view_and_applies_again_the_same() -> None:
+    """Entries applied past the published view for a round that then failed wrote rows and
+    liveness marks nobody reads: applying again from the published view gives the state a
+    fresh replica reaches."""
+    rng = np.random.default_rng(4)
+    vecs = _unit(rng, 4)
+    entries = [LogEntry(1, 0, (Upsert(100, "s3://b/a", vecs[0]), Delete(2)), "v", 0),
+               LogEntry(2, 0, (Upsert(100, "s3://b/a", vecs[1]), Upsert(101, "k", vecs[2]),
+                               Delete(101)), "v", 0)]
+    published = LiveView.of_base(np.arange(5, dtype=np.int64), DIM)
+    unpublished = published.apply(entries[0]).apply(entries[1])
+    with pytest.raises(InvalidArgument, match="dim"):
+        unpublished.apply(LogEntry(3, 0, (Upsert(9, "k", np.ones(3, np.float32)),), "v", 0))
+    again = published.apply(entries[0]).apply(entries[1])
+    fresh = LiveView.of_base(np.arange(5, dtype=np.int64), DIM).apply(entries[0]).apply(
+        entries[1])
+    for view in (again, fresh):
+        assert view.count == 5 and view.delta.live_ids().tolist() == [100]
+        np.testing.assert_array_equal(view.delta_vector(100)[0], vecs[1])  # type: ignore[index]
+        assert view.delta_vector(101) is None and view.hidden_in_base(2)
+    assert published.count == 5 and published.delta.live_count == 0
