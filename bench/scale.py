@@ -231,6 +231,13 @@ def _per_unit(cfg: ScaleConfig, build16: dict[str, Any], served: dict[str, Any],
     }
 
 
+def memory_model_run(n: int, dim: int, uri: str) -> None:
+    """The memory model's embeddings run: ``n`` projected vectors of ``dim``, small groups."""
+    cfg = ScaleConfig(n, dim, "", 0, 0.0, rows_per_group=8192, parts=2, queries=10)
+    base, _, _ = projected(cfg)
+    write_run(uri, base, cfg)
+
+
 def _index_bytes(index: str) -> int:
     return sum(p.stat().st_size for p in Path(index).glob("shard=*/index.faiss"))
 
@@ -260,7 +267,7 @@ def run(quick: bool) -> dict[str, Any]:
         "serve": served,
         "per_unit": _per_unit(cfg, build16, served, _index_bytes(ix2),
                               task2["task_start_rss_bytes"]),
-        "memory_model": scale_memory.run(quick),
+        "memory_model": scale_memory.run(quick, memory_model_run),
         "targets": {
             "bytes_read_over_data": harness.target(build16["bytes_read_over_data"], "<=", 1.25,
                                                    "16-shard build, bytes read / run size"),

@@ -18,6 +18,7 @@ import logging
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +67,15 @@ def one_factory(work: Path, emb: str, factory: str, n: int, dim: int) -> dict[st
             "build_peak_over_index_and_ids": task["peak_rss_over_index_and_ids"]}
 
 
-def run(quick: bool) -> dict[str, Any]:
-    from bench import harness, scale
+def run(quick: bool, write_vectors: Callable[[int, int, str], None]) -> dict[str, Any]:
+    """``write_vectors(n, dim, uri)`` writes the embeddings run (``bench.scale`` passes its
+    projected-GloVe writer; taking it as an argument keeps the two modules acyclic)."""
+    from bench import harness
 
     n, dim = (20_000, 64) if quick or harness.smoke() else (50_000, 128)
-    cfg = scale.ScaleConfig(n, dim, "", 0, 0.0, rows_per_group=8192, parts=2, queries=10)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-memory-"))
     emb = str(work / "embeddings")
-    base, _, _ = scale.projected(cfg)
-    scale.write_run(emb, base, cfg)
-    del base
+    write_vectors(n, dim, emb)
     rows = []
     for factory in factories(n, dim):
         try:
