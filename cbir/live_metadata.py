@@ -129,14 +129,16 @@ def _column(upserts: Sequence[Upsert], field: pa.Field) -> pa.Array:
         values = [getattr(u.info, name) for u in upserts]
     else:
         source = source_of(name)
-        values = [_cast_or_none(u.attributes.get(source), field.type) for u in upserts]
+        values = [cast_or_none(u.attributes.get(source), field.type) for u in upserts]
     try:
         return pa.array(values, type=field.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([_fits_or_none(v, field.type) for v in values], type=field.type)
+        return pa.array([fits_or_none(v, field.type) for v in values], type=field.type)
 
 
-def _cast_or_none(value: str | None, kind: pa.DataType) -> object:
+def cast_or_none(value: str | None, kind: pa.DataType) -> object:
+    """An attribute cast to ``kind``, or None where it does not cast (a replica never refuses
+    a durable entry; the coordinator has refused what it could check)."""
     if value is None:
         return None
     try:
@@ -145,7 +147,8 @@ def _cast_or_none(value: str | None, kind: pa.DataType) -> object:
         return None
 
 
-def _fits_or_none(value: object, kind: pa.DataType) -> object:
+def fits_or_none(value: object, kind: pa.DataType) -> object:
+    """``value`` if Arrow takes it as ``kind`` (e.g. an int in range), else None."""
     try:
         pa.array([value], type=kind)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):

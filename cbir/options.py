@@ -44,6 +44,7 @@ class Spec:
 
     help: str
     flag: str | None = None  # default: --field-name (--no-field-name for a bool that is True)
+    aliases: tuple[str, ...] = ()  # more spellings of the flag, e.g. ("-k",)
     choices: Sequence[str] | None = None
     metavar: str | None = None
     positive: bool = False
@@ -204,11 +205,13 @@ def _env_default(parser: argparse.ArgumentParser, opt: Option,
 def _add_one(target: Any, opt: Option, default: Any, from_env: bool) -> None:
     extra = f" (env {opt.env})"
     if opt.kind is bool:
-        target.add_argument(opt.flag, dest=opt.dest, action=_Store, nargs=0, const=True,
+        target.add_argument(opt.flag, *opt.spec.aliases, dest=opt.dest, action=_Store, nargs=0,
+                            const=True,
                             default=bool(default), help=opt.spec.help + extra)
         return
     target.add_argument(
-        opt.flag, dest=opt.dest, action=_Store, type=_converter(opt), default=default,
+        opt.flag, *opt.spec.aliases, dest=opt.dest, action=_Store, type=_converter(opt),
+        default=default,
         choices=opt.spec.choices, metavar=opt.spec.metavar,
         required=opt.spec.required and not from_env and opt.spec.mutex is None,
         help=opt.spec.help + extra,

@@ -17,7 +17,7 @@ from cbir.rpc.security import add_security_arguments, client_security_from_args
 @dataclass(frozen=True)
 class QueryOptions:
     coordinator: str = option(required=True, metavar="HOST:PORT", help="the coordinator")
-    k: int = option(10, positive=True, help="number of hits")
+    k: int = option(10, positive=True, aliases=("-k",), help="number of hits")
     exclude_self: bool = option(False,
                                 help="with --image-id: leave the query image out of the hits")
     nprobe: int = option(0, non_negative=True, help="IVF lists probed (0 = default)")

@@ -31,9 +31,7 @@ from coordinator.search import (
     DistributedSearch,
     SearchAnswer,
     StoredVector,
-    applied_seq_of,
 )
-from protos import cbir_pb2, cbir_pb2_grpc
 
 # Per query: its vector (for an image id: with the log position it was read at), or why it
 # has none (a CbirError the caller sees for that query only).
@@ -187,16 +185,8 @@ async def vectors_by_id(image_ids: list[int], search: DistributedSearch, deadlin
 async def _shard_vectors(search: DistributedSearch, shard: int, image_ids: list[int],
                          deadline: float, request_id: str
                          ) -> dict[int, Resolved] | CbirError:
-    request = cbir_pb2.GetVectorsRequest(image_ids=image_ids, request_id=request_id)
-
-    async def call(stub: cbir_pb2_grpc.ShardStub, timeout: float
-                   ) -> tuple[cbir_pb2.GetVectorsResponse, int]:
-        rpc = stub.GetVectors(request, timeout=timeout)
-        reply = await rpc
-        return reply, applied_seq_of(await rpc.trailing_metadata())
-
     try:
-        reply, applied_seq = await search.fanout.call(shard, call, deadline)
+        reply, applied_seq = await search.fetch_vectors(shard, image_ids, deadline, request_id)
     except ShardCallFailed as exc:
         if exc.code == grpc.StatusCode.NOT_FOUND:  # every id unknown
             return {}

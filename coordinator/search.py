@@ -136,10 +136,11 @@ class DistributedSearch:
     async def vector_of(self, image_id: int, deadline: float, request_id: str) -> np.ndarray:
         return (await self.stored_vector(image_id, deadline, request_id)).vector
 
-    async def stored_vector(self, image_id: int, deadline: float, request_id: str
-                            ) -> StoredVector:
-        shard = shard_of(image_id, self.num_shards)  # the data contract, not a copy of it
-        request = cbir_pb2.GetVectorsRequest(image_ids=[image_id], request_id=request_id)
+    async def fetch_vectors(self, shard: int, image_ids: list[int], deadline: float,
+                            request_id: str) -> tuple[cbir_pb2.GetVectorsResponse, int]:
+        """One GetVectors call to a replica of ``shard``: its reply and the log position it
+        answered at (trailing metadata). Raises ``ShardCallFailed``."""
+        request = cbir_pb2.GetVectorsRequest(image_ids=image_ids, request_id=request_id)
 
         async def call(stub: cbir_pb2_grpc.ShardStub, timeout: float
                        ) -> tuple[cbir_pb2.GetVectorsResponse, int]:
@@ -147,8 +148,13 @@ class DistributedSearch:
             reply = await rpc
             return reply, applied_seq_of(await rpc.trailing_metadata())
 
+        return await self.fanout.call(shard, call, deadline)
+
+    async def stored_vector(self, image_id: int, deadline: float, request_id: str
+                            ) -> StoredVector:
+        shard = shard_of(image_id, self.num_shards)  # the data contract, not a copy of it
         try:
-            reply, applied_seq = await self.fanout.call(shard, call, deadline)
+            reply, applied_seq = await self.fetch_vectors(shard, [image_id], deadline, request_id)
         except ShardCallFailed as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"unknown image id {image_id}") from exc

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from cbir import storage
 from cbir.errors import FailedPrecondition
 from cbir.ids import shards_of
-from cbir.live_metadata import cast_attribute
+from cbir.live_metadata import cast_or_none, fits_or_none
 from cbir.schema import ATTRIBUTES
 from cbir.wal import Delete, LogEntry, Operation, Upsert
 from jobs.build_index import embeddings_run
@@ -119,24 +119,7 @@ def _fitting(values: list[object], kind: pa.DataType) -> pa.Array:
     try:
         return pa.array(values, type=kind)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([_fits_or_none(v, kind) for v in values], type=kind)
-
-
-def _fits_or_none(value: object, kind: pa.DataType) -> object:
-    try:
-        pa.array([value], type=kind)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return None
-    return value
-
-
-def _cast_or_none(value: str | None, kind: pa.DataType) -> object:
-    if value is None:
-        return None
-    try:
-        return cast_attribute(value, kind)
-    except ValueError:
-        return None
+        return pa.array([fits_or_none(v, kind) for v in values], type=kind)
 
 
 def _metadata_columns(upserts: Sequence[Upsert], schema: pa.Schema) -> dict[str, pa.Array]:
@@ -150,7 +133,7 @@ def _metadata_columns(upserts: Sequence[Upsert], schema: pa.Schema) -> dict[str,
                for info, column in INFO_TO_RUN.items() if column in schema.names}
     typed = [f for f in schema if f.name not in BUILT_IN]
     for f in typed:
-        columns[f.name] = _fitting([_cast_or_none(u.attributes.get(f.name), f.type)
+        columns[f.name] = _fitting([cast_or_none(u.attributes.get(f.name), f.type)
                                     for u in upserts], f.type)
     if ATTRIBUTES in schema.names:  # runs written before the metadata columns have none
         taken = {f.name for f in typed}

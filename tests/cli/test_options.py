@@ -115,3 +115,13 @@ def test_help_shows_defaults_and_env_names() -> None:
     assert "0 = any free port (env CBIR_PORT) (default: 50051)" in text
     assert "extra wait (env CBIR_WINDOW_MS) (default: 2.0)" in text
     assert "more output (env CBIR_DEBUG)" in text and "(default: False)" not in text
+
+
+def test_an_alias_sets_the_same_field_and_query_takes_dash_k() -> None:
+    from cbir.query_cli import QueryOptions, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    short = build(QueryOptions, parser.parse_args(["-k", "7", "--coordinator", "h:1", "q.jpg"]))
+    long = build(QueryOptions, parser.parse_args(["--k", "7", "--coordinator", "h:1", "q.jpg"]))
+    assert short.k == long.k == 7
