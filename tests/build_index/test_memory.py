@@ -57,8 +57,8 @@ _TASK = textwrap.dedent("""
 def test_a_pq_shard_task_peaks_far_below_its_raw_vectors(tmp_path: Path) -> None:
     """One real shard task (spill, add in chunks, tune, commit) in a fresh process: its peak
     RSS growth stays well under its raw vectors (205 MB), which it used to hold whole. Its index
-    (4 MB) and ids/keys (~3.4 MB) are small, so what remains is a fixed ~40-60 MB of allocator
-    caches and library buffers (measured); the bound leaves room for that, not for the vectors."""
+    (4 MB) and ids/keys (~3.4 MB) are small, so what remains is ~40-60 MB of allocator caches and
+    library buffers (measured at 256-d); the bound leaves room for that, not for the vectors."""
     n, dim = 100_000, 512
     emb = str(tmp_path / "emb")
     fx.write_run(emb, fx.table(fx.keys_for(n), fx.random_vectors(n, dim)), parts=2)
