@@ -5,7 +5,8 @@ child process, so one that crashes, hangs past its time limit or leaks threads c
 others: it reports ``{"error": ...}`` instead. Prints one JSON document on stdout (and to
 ``--out``), and a short table of the headline figures on stderr.
 
-``python -m bench NAME [--quick]`` runs one benchmark the same way. ``python -m bench gpu``
+``python -m bench NAME [--quick]`` runs one benchmark the same way; ``scale`` (the largest
+build this machine holds, ``bench/scale.py``) runs only when named. ``python -m bench gpu``
 (``bench/gpu.py``, its own flags) needs a CUDA machine, so ``all`` never runs it; without CUDA
 it exits 2 with one line.
 """
@@ -25,6 +26,8 @@ from typing import Any
 from bench import harness
 
 BENCHMARKS = ("embed", "search", "peers", "balance", "build", "filter", "live", "workers")
+# Not in "all": the largest build this machine holds (tens of minutes at full size).
+HEAVY = ("scale",)
 GPU_ONLY = "gpu"  # not in "all": it needs CUDA and takes the whole machine
 CHILD = "_one"  # internal subcommand: run one benchmark in this process, JSON on stdout
 
@@ -33,7 +36,7 @@ log = logging.getLogger("bench")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=("all", *BENCHMARKS, GPU_ONLY, CHILD),
+    parser.add_argument("target", choices=("all", *BENCHMARKS, *HEAVY, GPU_ONLY, CHILD),
                         help="'all' or one benchmark name ('gpu': see bench/gpu.py)")
     parser.add_argument("name", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="CI-sized data and load periods")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from bench import cluster, harness
 from bench.counting_fs import CountingFilesystem
@@ -35,21 +36,23 @@ SHARD_COUNTS = (1, 4, 16)
 TARGET_RECALL = 0.8
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
-def _direct_s(vectors: np.ndarray, ids: np.ndarray, factory: str, train_size: int,
+def direct_s(vectors: np.ndarray, ids: np.ndarray, factory: str, train_size: int,
               shards: int) -> float:
     import faiss
+
+    from jobs.build_index.build import empty_index
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(1234)
     sample = vectors[rng.choice(len(vectors), min(train_size, len(vectors)), replace=False)]
-    trained = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    trained = empty_index(vectors.shape[1], factory)  # as cbir trains it (no polysemous)
     trained.train(sample)
     for shard in range(shards):
         index = faiss.clone_index(trained)
@@ -77,7 +80,7 @@ def dataset_dim(emb: str) -> int:
     return embeddings_run.read_embed_manifest(emb).dim
 
 
-def _shard_task_rss(work: Path, task: Any, trained: bytes, emb: str,
+def shard_task_rss(work: Path, task: Any, trained: bytes, emb: str,
                     shards: int) -> dict[str, Any]:
     import dataclasses
 
@@ -110,12 +113,12 @@ def one_count(work: Path, emb: str, vectors: np.ndarray, ids: np.ndarray, factor
         embeddings_run.filesystem = counter.factory
     assert top is not None
     planned = build.plan(config)
-    direct_s = _direct_s(vectors, ids, factory, train_size, shards)
-    rss = _shard_task_rss(work, planned.tasks[0], planned.trained, emb, shards)
+    direct = direct_s(vectors, ids, factory, train_size, shards)
+    rss = shard_task_rss(work, planned.tasks[0], planned.trained, emb, shards)
     return {"shards": shards, "bytes_read": counter.bytes_read, "data_bytes": data_bytes,
             "bytes_read_over_data": round(counter.bytes_read / data_bytes, 3),
-            "build_s": round(build_s, 3), "direct_faiss_s": round(direct_s, 3),
-            "build_over_direct": harness.ratio(build_s, direct_s),
+            "build_s": round(build_s, 3), "direct_faiss_s": round(direct, 3),
+            "build_over_direct": harness.ratio(build_s, direct),
             "recall_at_10": top.recall_at_10, **rss}
 
 
@@ -144,18 +147,24 @@ def _task_main(task_file: str, trained_file: str, payload_file: str) -> None:
 
     task = pickle.loads(Path(task_file).read_bytes())
     trained = Path(trained_file).read_bytes()
-    start_kib = _status_kib("VmRSS")
+    start_kib = status_kib("VmRSS")
     manifest = shard.build_from_rows(task, trained, spill.frames(Path(payload_file)))
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     index_bytes = os.path.getsize(index_layout.shard_file(task.output, task.shard,
                                                           index_layout.INDEX_FILE))
+    # The id -> key table as the server holds it (Arrow: 8-byte ids, keys + 4-byte offsets): a
+    # shard task holds it too (de-duplication, ids.parquet), so it is the other natural unit.
+    ids_bytes = pq.read_table(index_layout.shard_file(task.output, task.shard,
+                                                      index_layout.IDS_FILE)).nbytes
+    grown = (peak_kib - start_kib) * 1024
     print(json.dumps({
         "shard0_count": manifest.count, "shard0_index_bytes": index_bytes,
+        "ids_table_bytes": ids_bytes,
         "task_start_rss_bytes": start_kib * 1024, "task_peak_rss_bytes": peak_kib * 1024,
-        "peak_rss_over_index": round((peak_kib - start_kib) * 1024 / index_bytes, 3),
+        "peak_rss_over_index": round(grown / index_bytes, 3),
+        "peak_rss_over_index_and_ids": round(grown / (index_bytes + ids_bytes), 3),
         "absolute_peak_rss_over_index": round(peak_kib * 1024 / index_bytes, 3),
     }))
-
 
 if __name__ == "__main__":
     _task_main(*sys.argv[1:4])

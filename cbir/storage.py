@@ -10,6 +10,7 @@ rename locally, a single PUT on S3. The clients themselves live in ``cbir.s3_cli
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -250,6 +251,29 @@ def write_bytes(uri: str, data: bytes) -> None:
     path = Path(uri)
     tmp = _durable_temp(path, data)
     try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_file(uri: str, source: str) -> None:
+    """Atomic write of a local file's contents, streamed (never the whole object in memory):
+    a multipart upload on S3 (the object appears only when it completes), temp + rename
+    locally. For large outputs, e.g. a shard's index."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        with s3_errors(f"writing {uri}"):
+            s3_client().upload_file(source, loc.bucket, loc.key)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -107,7 +107,9 @@ class ShardSpill:
         keys: list[pa.Array] = []
         for batch in self.batches():
             ids.append(batch.column("image_id").to_numpy().astype(np.int64))
-            keys.append(batch.column("key"))
+            # A copy: a column read from an IPC file is a slice of its batch's one body buffer,
+            # so keeping the column itself would keep every batch's vectors alive.
+            keys.append(pa.concat_arrays([batch.column("key")]))
         return np.concatenate(ids), pa.chunked_array(keys, pa.string())
 
     def columns_of_kept(self, keep: np.ndarray, columns: list[str]) -> pa.Table | None:
@@ -118,7 +120,7 @@ class ShardSpill:
             mask = pa.array(keep[offset:offset + batch.num_rows])
             offset += batch.num_rows
             table = pa.Table.from_batches([batch]).select(columns)
-            parts.append(table.filter(mask))
+            parts.append(table.filter(mask))  # filter copies: the batch's body is not kept
         return pa.concat_tables(parts) if parts else None
 
     def schema_names(self) -> list[str]:

@@ -63,20 +63,33 @@ def pq_m_candidates(dim: int) -> list[int]:
     return [m for m in range(min(dim, MAX_PQ_M), 0, -1) if dim % m == 0]
 
 
+def estimate_bytes(factory: str, n: int, dim: int) -> int:
+    """What one shard server holds for ``n`` vectors of ``factory`` (a user-level factory:
+    ``Flat``, ``HNSW32``, ``IVFk,Flat|SQ8|PQm``, ``OPQm,IVFk,PQm``): the index, the id -> key
+    table and, for IVF, the id hash map (docs/build_index.md checks these against RSS)."""
+    parts = factory.split(",")
+    total = n * (ID_BYTES + KEY_BYTES)
+    if parts[0].startswith("OPQ"):
+        total += dim * dim * 4  # the learned rotation
+        parts = parts[1:]
+    coarse, codes = parts[0], parts[-1]
+    if coarse.startswith("IVF"):
+        total += int(coarse[3:]) * dim * 4 + n * IVF_DIRECT_MAP_BYTES
+    elif coarse.startswith("HNSW"):
+        total += n * int(2 * int(coarse[4:]) * 4 * 1.1)
+    if codes == "SQ8":
+        return total + n * dim + 2 * dim * 4
+    if codes.startswith("PQ"):
+        m = int(codes[2:])
+        return total + n * m + m * 256 * (dim // m) * 4
+    return total + n * 4 * dim  # Flat (also IVF,Flat and HNSW's stored vectors)
+
+
 def _estimates(n: int, dim: int) -> list[tuple[str, int]]:
-    base = n * (ID_BYTES + KEY_BYTES)
     nlist = nlist_for(n)
-    centroids = nlist * dim * 4
-    ivf = base + centroids + n * IVF_DIRECT_MAP_BYTES
-    out = [
-        ("HNSW32", base + n * (4 * dim + int(2 * HNSW_M * 4 * 1.1))),
-        (f"IVF{nlist},Flat", ivf + n * 4 * dim),
-        (f"IVF{nlist},SQ8", ivf + n * dim + 2 * dim * 4),
-    ]
-    for m in pq_m_candidates(dim):
-        codebooks = m * 256 * (dim // m) * 4
-        out.append((f"IVF{nlist},PQ{m}", ivf + n * m + codebooks))
-    return out
+    factories = ["HNSW32", f"IVF{nlist},Flat", f"IVF{nlist},SQ8",
+                 *(f"IVF{nlist},PQ{m}" for m in pq_m_candidates(dim))]
+    return [(f, estimate_bytes(f, n, dim)) for f in factories]
 
 
 def candidates(count: int, dim: int, num_shards: int,
@@ -86,7 +99,7 @@ def candidates(count: int, dim: int, num_shards: int,
     if dim <= 0 or num_shards <= 0 or count < 0:
         raise InvalidArgument(f"bad sizes: count={count} dim={dim} shards={num_shards}")
     n = per_shard_count(count, num_shards)
-    flat = n * (ID_BYTES + KEY_BYTES + 4 * dim)
+    flat = estimate_bytes("Flat", n, dim)
     if n <= FLAT_MAX_PER_SHARD and flat <= memory_budget_bytes:
         return [IndexChoice("Flat", flat, f"{n} vectors/shard <= {FLAT_MAX_PER_SHARD}: exact")]
     budget = memory_budget_bytes / GIB

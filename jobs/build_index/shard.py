@@ -8,6 +8,7 @@ order, and tuning's exact ground truth streams the spill against a bounded query
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import tempfile
@@ -118,21 +119,33 @@ def _ids_parquet(kept: Kept) -> bytes:
     return sink.getvalue()
 
 
-def _commit(task: ShardTask, index: faiss.Index, kept: Kept,
+def _write_index_file(index: faiss.Index, tmp: Path) -> tuple[Path, str]:
+    """The index written to a local file by Faiss itself, and the file's sha256: no serialised
+    copy of the index in memory (``serialize_index`` + ``bytes`` held two more copies)."""
+    path = tmp / index_layout.INDEX_FILE
+    faiss.write_index(index, str(path))
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return path, digest.hexdigest()
+
+
+def _commit(task: ShardTask, index_file: tuple[Path, str], count: int, kept: Kept,
             tuned: tune.TuneResult, meta: pa.Table) -> ShardManifest:
-    data = bytes(faiss.serialize_index(index))
+    path, checksum = index_file
     shard_root = index_layout.shard_uri(task.output, task.shard)
-    storage.write_bytes(storage.join(shard_root, index_layout.INDEX_FILE), data)
+    storage.write_file(storage.join(shard_root, index_layout.INDEX_FILE), str(path))
     storage.write_bytes(storage.join(shard_root, index_layout.IDS_FILE), _ids_parquet(kept))
     # Filterable metadata beside the ids, in the ids' (sorted) order (docs/filters.md); before
     # the manifest, the commit.
     storage.write_bytes(storage.join(shard_root, index_layout.METADATA_FILE),
                         metadata.metadata_parquet(meta))
     manifest = ShardManifest(
-        shard=task.shard, num_shards=task.num_shards, count=len(kept.ids), dim=task.dim,
+        shard=task.shard, num_shards=task.num_shards, count=count, dim=task.dim,
         metric="ip", factory=task.factory, search_params=tuned.search_params,
         model=task.model, model_version=task.model_version, index_version=task.index_version,
-        checksum=index_layout.sha256_hex(data), recall_at_10=tuned.recall_at_10,
+        checksum=checksum, recall_at_10=tuned.recall_at_10,
         wal_seq=task.wal_seqs[task.shard] if task.wal_seqs else 0,
     )
     write_manifest(storage.join(shard_root, INDEX_MANIFEST), manifest)  # the commit
@@ -161,8 +174,10 @@ def build_from_rows(task: ShardTask, trained: bytes,
         index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
         queries, query_ids = _add(task, index, spill, kept)
         tuned = _tune(task, index, spill, kept, queries, query_ids)
+        index_file = _write_index_file(index, Path(tmp))
+        del index  # from here on the index is its file: the tables below do not stack on it
         meta = _metadata(task, spill, kept)
-    manifest = _commit(task, index, kept, tuned, meta)
+        manifest = _commit(task, index_file, len(kept.ids), kept, tuned, meta)
     log.info("shard %d: %d vectors, %s, recall@10=%s", task.shard, len(kept.ids),
              tuned.search_params, tuned.recall_at_10)
     return manifest
