@@ -183,7 +183,8 @@ def plan(config: BuildConfig, skip: int = 0) -> Plan:
     base = ShardTask(0, config.num_shards, config.embeddings, config.output, embed.dim, factory,
                      version, embed.model, embed.model_version, config.target_recall,
                      config.tune_queries, config.seed, config.faiss_threads,
-                     metadata.attribute_names(dataset), config.wal_seqs)
+                     metadata.attribute_names(dataset), config.wal_seqs,
+                     metadata_schema=metadata.schema_bytes(dataset.schema))
     shards = range(config.num_shards) if config.shard_only is None else [config.shard_only]
     parts = partition.part_tasks(dataset, config.embeddings, config.num_shards)
     return Plan([replace(base, shard=s) for s in shards], trained, embed, parts,

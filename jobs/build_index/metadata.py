@@ -31,6 +31,20 @@ def metadata_columns(schema: pa.Schema) -> list[str]:
     return [name for name in schema.names if name not in NOT_METADATA]
 
 
+def schema_bytes(schema: pa.Schema) -> bytes:
+    """The run's metadata columns (with ``image_id``) as an Arrow IPC schema, for the tasks."""
+    wanted = pa.schema([schema.field(name) for name in metadata_columns(schema)])
+    return wanted.serialize().to_pybytes()
+
+
+def empty_rows(schema: bytes) -> pa.Table:
+    """No rows, the run's metadata columns: an empty shard still has every column, so a filter
+    valid on one shard is valid on all."""
+    if not schema:
+        return pa.table({"image_id": pa.array([], pa.int64())})
+    return pa.ipc.read_schema(pa.py_buffer(schema)).empty_table()
+
+
 def attribute_names(dataset: ds.Dataset) -> tuple[str, ...]:
     """Every attribute name in the run (driver side), sorted."""
     if ATTRIBUTES not in dataset.schema.names:

@@ -52,6 +52,8 @@ class ShardTask:
     attribute_names: tuple[str, ...] = ()  # of the whole run: the same columns on every shard
     # Per shard, the write-ahead log position this build folds in (compaction); () = none.
     wal_seqs: tuple[int, ...] = ()
+    # The run's metadata columns (``metadata.schema_bytes``): what an empty shard still holds.
+    metadata_schema: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def _metadata(task: ShardTask, spill: partition.ShardSpill, kept: Kept) -> pa.Ta
     columns = [c for c in spill.schema_names() if c not in metadata.NOT_METADATA]
     table = spill.columns_of_kept(kept.mask, columns)
     if table is None:
-        table = pa.table({"image_id": pa.array([], pa.int64())})
+        table = metadata.empty_rows(task.metadata_schema)
     return metadata.from_rows(table, task.attribute_names)
 
 
