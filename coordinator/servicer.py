@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -35,7 +35,18 @@ access_log = logging.getLogger("coordinator.access")
 __all__ = ["CoordinatorServicer", "CoordinatorState", "query_of", "request_id_of"]
 
 
-def request_id_of(request: cbir_pb2.SearchRequest) -> str:
+class RequestWithId(Protocol):
+    request_id: str
+
+
+def _written(kind: str, results: list[ItemResult], request_id: str) -> cbir_pb2.WriteResponse:
+    """The access-log line and the reply of one Upsert/Delete."""
+    access_log.info("%s request_id=%s items=%d ok=%d", kind, request_id, len(results),
+                    sum(r.status == "ok" for r in results))
+    return write_response_of(results, request_id)
+
+
+def request_id_of(request: RequestWithId) -> str:
     """The caller's request id when well-formed (logged and forwarded to the shards as is),
     else a fresh one: an id is for correlating logs, so a malformed one is replaced, not
     refused (the reply carries the id actually used)."""
@@ -187,7 +198,7 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
     async def SearchBatch(
         self, request: cbir_pb2.SearchBatchRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.SearchBatchResponse:
-        request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
+        request_id = request_id_of(request)
         start = time.monotonic()
         code, partial, failed, batch = "OK", 0, 0, None
         try:
@@ -222,21 +233,17 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
     async def Upsert(
         self, request: cbir_pb2.UpsertRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.WriteResponse:
-        request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
+        request_id = request_id_of(request)
         results = await self._write_service().upsert(upsert_items_of(request))
-        access_log.info("upsert request_id=%s items=%d ok=%d", request_id, len(results),
-                        sum(r.status == "ok" for r in results))
-        return write_response_of(results, request_id)
+        return _written("upsert", results, request_id)
 
     @grpc_errors
     async def Delete(
         self, request: cbir_pb2.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.WriteResponse:
-        request_id = clean_request_id(request.request_id) or os.urandom(8).hex()
+        request_id = request_id_of(request)
         results = await self._write_service().delete(list(request.keys), list(request.image_ids))
-        access_log.info("delete request_id=%s items=%d ok=%d", request_id, len(results),
-                        sum(r.status == "ok" for r in results))
-        return write_response_of(results, request_id)
+        return _written("delete", results, request_id)
 
     @grpc_errors
     async def Info(
