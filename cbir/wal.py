@@ -238,15 +238,8 @@ class ShardLog:
         """Entries with a sequence number above ``seq``, in order, stopping at the first gap
         (an entry being compacted away below a reader is the reader's problem: it must start
         from the folded sequence number recorded in the index manifest)."""
-        expected = seq + 1
-        for name in storage.list_names_after(self.prefix, entry_name(seq) if seq > 0 else ""):
-            found = seq_of(name)
-            if found is None:
-                continue
-            if found != expected:
-                return
-            yield decode_entry(storage.read_bytes(storage.join(self.prefix, name)))
-            expected += 1
+        for found in self._gap_free_after(seq):
+            yield decode_entry(storage.read_bytes(self.uri_of(found)))
 
     def has_entry(self, seq: int) -> bool:
         return storage.exists(self.uri_of(seq))
@@ -265,20 +258,27 @@ class ShardLog:
                 yield from pool.map(self._read_checked, range(start, stop))
 
     def _check_whole(self, after: int, upto: int) -> None:
-        expected = after + 1
-        for name in storage.list_names_after(self.prefix, entry_name(after) if after > 0 else ""):
+        last = after
+        for last in self._gap_free_after(after):
+            if last == upto:
+                return
+        raise FailedPrecondition(
+            f"write-ahead log of shard {self.shard} at {self.prefix}: entry {last + 1} is "
+            f"missing (needed {after + 1}..{upto})"
+        )
+
+    def _gap_free_after(self, seq: int) -> Iterator[int]:
+        """The sequence numbers listed after ``seq``, in order, up to the first gap (one
+        paginated listing, no reads)."""
+        expected = seq + 1
+        for name in storage.list_names_after(self.prefix, entry_name(seq) if seq > 0 else ""):
             found = seq_of(name)
             if found is None:
                 continue
             if found != expected:
-                break
-            if found == upto:
                 return
+            yield found
             expected += 1
-        raise FailedPrecondition(
-            f"write-ahead log of shard {self.shard} at {self.prefix}: entry {expected} is "
-            f"missing (needed {after + 1}..{upto})"
-        )
 
     def _read_checked(self, seq: int) -> LogEntry:
         uri = self.uri_of(seq)
