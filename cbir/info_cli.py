@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from cbir import index_layout, storage
 from cbir.errors import InvalidArgument, NotFound
+from cbir.index_pointer import read_pointer
 from cbir.options import add_options, build, option
 from cbir.rpc.security import add_security_arguments, client_security_from_args
 from cbir.schema import (
@@ -31,8 +32,6 @@ from cbir.schema import (
     ShardManifest,
     read_manifest,
 )
-
-MAX_POINTER_BYTES = 4096  # a pointer holds one URI; anything bigger is something else
 
 
 @dataclass(frozen=True)
@@ -105,13 +104,11 @@ def read_pointer_target(uri: str) -> str:
     if not storage.is_s3(uri) and Path(uri).is_dir():
         raise InvalidArgument(neither)
     try:
-        data = storage.read_bytes(uri)
+        return read_pointer(uri)  # the servers' own check of a pointer object
     except NotFound as exc:
         raise NotFound(f"nothing at {uri}") from exc
-    target = data.decode("utf-8", errors="replace").strip()
-    if len(data) > MAX_POINTER_BYTES or not target or "\n" in target:
-        raise InvalidArgument(neither)
-    return target
+    except InvalidArgument as exc:
+        raise InvalidArgument(neither) from exc
 
 
 def describe_uri(uri: str) -> dict[str, Any]:
