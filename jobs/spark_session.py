@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from cbir import ARROW_POOL_ENV
 from cbir.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def _base_conf(master: str, verbose: bool) -> dict[str, str]:
         "spark.speculation": "false",
         "spark.task.maxFailures": str(MAX_TASK_FAILURES),
         "spark.python.worker.reuse": "true",
+        f"spark.executorEnv.{ARROW_POOL_ENV}": "system",  # see cbir/__init__.py
         "spark.driver.extraJavaOptions":
             f"-Dlog4j2.configurationFile=file:{_log4j2_file('info' if verbose else 'error')}",
     }

@@ -8,6 +8,7 @@ re-assigned with ``image_id % N`` by the partition step (``jobs.build_index.part
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -83,23 +84,27 @@ def read_sample(dataset: ds.Dataset, dim: int, size: int, seed: int) -> np.ndarr
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def first_occurrences(ids: np.ndarray, keys: pa.ChunkedArray) -> np.ndarray:
+def first_occurrences(ids: np.ndarray,
+                      keys_at: Callable[[np.ndarray], dict[int, str]]) -> np.ndarray:
     """A mask keeping each id's first row: exact duplicate (id, key) rows are dropped, an id
-    shared by two keys raises IdCollision. Holds the ids and one sort order, never vectors."""
+    shared by two keys raises IdCollision. Holds the ids and one sort order; ``keys_at`` fetches
+    the keys of the rows whose id repeats (rows by position), so no key table is held."""
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     same_id = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1]) + 1
+    keep = np.ones(len(ids), dtype=bool)
+    if not len(same_id):
+        return keep
+    keys = keys_at(np.concatenate([order[same_id - 1], order[same_id]]))
     for i in same_id:
-        first, other = keys[int(order[i - 1])].as_py(), keys[int(order[i])].as_py()
+        first, other = keys[int(order[i - 1])], keys[int(order[i])]
         if first != other:
             raise IdCollision(
                 f"image id {sorted_ids[i]} is shared by {first!r} and {other!r}: "
                 "two objects hashed to the same 63-bit id"
             )
-    keep = np.ones(len(ids), dtype=bool)
     keep[order[same_id]] = False
-    if len(same_id):
-        log.info("dropped %d exact duplicate rows", len(same_id))
+    log.info("dropped %d exact duplicate rows", len(same_id))
     return keep
 
 

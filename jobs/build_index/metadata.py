@@ -11,13 +11,10 @@ key stays in ``ids.parquet`` only; the shard server joins the two.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from cbir.errors import FailedPrecondition
 from cbir.schema import ATTRIBUTES
@@ -94,9 +91,3 @@ def read_metadata(dataset: ds.Dataset, ids: np.ndarray,
 def from_rows(table: pa.Table, attributes: tuple[str, ...] = ()) -> pa.Table:
     """A shard's metadata from its own routed (de-duplicated) rows, in id order."""
     return _expand(table.sort_by("image_id").combine_chunks(), attributes)
-
-
-def metadata_parquet(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()

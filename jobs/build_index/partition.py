@@ -1,17 +1,14 @@
 """The partition step: each embeddings part is read once and its rows are routed to their shard
 (``image_id % N``) as Arrow IPC record batches; each shard's task receives only its rows.
 
-``route_part`` is the map side (one task per part, pyarrow reads, no s3a); ``ShardSpill`` is the
-reduce side's local copy of one shard's rows (an Arrow IPC file on local disk), read back in a
-fixed (part, row group) order so every engine adds the same rows in the same order and writes
-byte-identical indexes, whatever order a Spark shuffle delivered them in.
+``route_part`` is the map side (one task per part, pyarrow reads, no s3a); the reduce side keeps
+its rows in a ``shard_spill.ShardSpill`` on local disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +18,7 @@ import pyarrow.parquet as pq
 from cbir.errors import FailedPrecondition
 from cbir.ids import shards_of
 from jobs.build_index import embeddings_run
-
-OrderKey = tuple[int, int]  # (part index, row group)
-Payload = tuple[OrderKey, bytes]  # one part's row group, one shard's rows, as Arrow IPC
+from jobs.build_index.shard_spill import Payload, chunk_rows
 
 
 @dataclass(frozen=True)
@@ -49,8 +44,8 @@ def _ipc(table: pa.Table) -> bytes:
 
 
 def route_part(task: PartTask, _shared: object = None) -> Iterator[tuple[int, Payload]]:
-    """(shard, ((part, row group), IPC bytes of the shard's rows)) for every row group of the
-    part: one row group in memory at a time."""
+    """(shard, ((part, row group, piece), IPC bytes of the shard's rows)) for every row group
+    of the part, in pieces of at most one chunk: one row group in memory at a time."""
     fs, _ = embeddings_run.filesystem(task.embeddings)
     with fs.open_input_file(task.path) as source:
         parquet = pq.ParquetFile(source)
@@ -64,80 +59,10 @@ def route_part(task: PartTask, _shared: object = None) -> Iterator[tuple[int, Pa
                 raise FailedPrecondition(f"{task.path}: {exc}") from exc
             ids = table.column("image_id").to_numpy().astype(np.int64)
             shards = shards_of(ids, task.num_shards)
+            step = chunk_rows(table.schema)
             for shard in np.unique(shards):
-                rows = table.take(pa.array(np.flatnonzero(shards == shard)))
-                yield int(shard), ((task.index, group), _ipc(rows))
-
-
-class ShardSpill:
-    """One shard's rows in a local Arrow IPC file, read back batch by batch in order."""
-
-    def __init__(self, path: Path, order: list[int]) -> None:
-        self.path = path
-        self.order = order  # batch numbers in the file, in (part, row group) order
-
-    @classmethod
-    def collect(cls, payloads: Iterable[Payload], path: Path) -> ShardSpill:
-        writer: pa.ipc.RecordBatchFileWriter | None = None
-        placed: list[tuple[OrderKey, int]] = []
-        try:
-            for key, data in payloads:
-                table = pa.ipc.open_stream(data).read_all()
-                if writer is None:
-                    writer = pa.ipc.new_file(str(path), table.schema)
-                for batch in table.to_batches():
-                    placed.append((key, len(placed)))
-                    writer.write_batch(batch)
-        finally:
-            if writer is not None:
-                writer.close()
-        return cls(path, [n for _, n in sorted(placed)])
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        if not self.order:
-            return
-        with pa.OSFile(str(self.path)) as source:  # read, not mapped: RSS holds one batch
-            reader = pa.ipc.open_file(source)
-            for n in self.order:
-                yield reader.get_batch(n)
-
-    def ids_and_keys(self) -> tuple[np.ndarray, pa.ChunkedArray]:
-        """Every row's id and key, in order (no vectors: ~16 + key bytes per row)."""
-        ids: list[np.ndarray] = [np.empty(0, np.int64)]
-        keys: list[pa.Array] = []
-        for batch in self.batches():
-            ids.append(batch.column("image_id").to_numpy().astype(np.int64))
-            # A copy: a column read from an IPC file is a slice of its batch's one body buffer,
-            # so keeping the column itself would keep every batch's vectors alive.
-            keys.append(pa.concat_arrays([batch.column("key")]))
-        return np.concatenate(ids), pa.chunked_array(keys, pa.string())
-
-    def columns_of_kept(self, keep: np.ndarray, columns: list[str]) -> pa.Table | None:
-        """The kept rows' ``columns`` (no vectors), in order; None for an empty spill."""
-        parts: list[pa.Table] = []
-        offset = 0
-        for batch in self.batches():
-            mask = pa.array(keep[offset:offset + batch.num_rows])
-            offset += batch.num_rows
-            table = pa.Table.from_batches([batch]).select(columns)
-            parts.append(table.filter(mask))  # filter copies: the batch's body is not kept
-        return pa.concat_tables(parts) if parts else None
-
-    def schema_names(self) -> list[str]:
-        if not self.order:
-            return []
-        with pa.OSFile(str(self.path)) as source:
-            return list(pa.ipc.open_file(source).schema.names)
-
-    def chunks(self, keep: np.ndarray, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, float32 vectors) of the kept rows, one batch at a time."""
-        offset = 0
-        for batch in self.batches():
-            mask = keep[offset:offset + batch.num_rows]
-            offset += batch.num_rows
-            if not mask.any():
-                continue
-            ids = batch.column("image_id").to_numpy().astype(np.int64)[mask]
-            flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
-            vectors = np.ascontiguousarray(flat.reshape(-1, dim)[mask], dtype=np.float32)
-            yield ids, vectors
+                rows = np.flatnonzero(shards == shard)
+                # Pieces of one chunk: a reduce task never holds more than that of a payload.
+                for piece, start in enumerate(range(0, len(rows), step)):
+                    taken = table.take(pa.array(rows[start:start + step]))
+                    yield int(shard), ((task.index, group, piece), _ipc(taken))
