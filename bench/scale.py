@@ -66,7 +66,7 @@ def _config(quick: bool) -> ScaleConfig:
     if quick:
         return ScaleConfig(100_000, 128, "IVF256,PQ32", 20_000, 0.5, rows_per_group=8192,
                            parts=4, queries=200, load_s=3.0)
-    return ScaleConfig(400_000, 128, "IVF512,PQ32", 50_000, 0.5)
+    return ScaleConfig(1_000_000, 256, "IVF1024,PQ64", 50_000, 0.5)
 
 
 # ---------------------------------------------------------------------------- data

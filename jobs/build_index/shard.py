@@ -92,9 +92,14 @@ def _add(task: ShardTask, index: faiss.Index, spill: ShardSpill,
     wanted = np.sort(rng.choice(kept.ids, size=size, replace=False))
     queries: list[np.ndarray] = [np.empty((0, task.dim), np.float32)]
     query_ids: list[np.ndarray] = [np.empty(0, np.int64)]
+    passes = 0
+
     def checked() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        nonlocal passes
+        passes += 1
         for ids, vectors in spill.chunks(kept.mask, task.dim):
-            embeddings_run.check_vectors(ids, vectors, f"shard {task.shard}")
+            if passes == 1:  # the first pass over the vectors checks them; later ones re-read
+                embeddings_run.check_vectors(ids, vectors, f"shard {task.shard}")
             yield ids, vectors
 
     for ids, vectors in adding.add_in_chunks(index, checked):
