@@ -145,17 +145,18 @@ def counted_cli_build(emb: str, out: str, shards: int, cfg: ScaleConfig,
     cmd = [sys.executable, "-m", "bench.scale", *_build_argv(emb, out, shards, cfg)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
     stdout, stderr = proc.communicate()
-    if status != 0:
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
         raise RuntimeError(f"build-index ({shards} shards) failed: {stderr.decode()[-1500:]}")
     top = json.loads(stdout.decode())
     data_bytes = sum(p.stat().st_size for p in Path(emb).glob("*.parquet"))
-    read = int(json.loads(count_file.read_text())["bytes_read"])
+    counted = json.loads(count_file.read_text())
+    read = int(counted["bytes_read"])
     return {"shards": shards, "wall_s": round(wall, 3), "bytes_read": read,
             "data_bytes": data_bytes, "bytes_read_over_data": round(read / data_bytes, 3),
-            "cli_peak_rss_bytes": usage.ru_maxrss * 1024, "recall_at_10": top["recall_at_10"],
+            "cli_peak_rss_bytes": int(counted["peak_rss_bytes"]),
+            "recall_at_10": top["recall_at_10"],
             "search_params": top["search_params"]}
 
 
@@ -291,7 +292,11 @@ def _counted_cli(argv: list[str]) -> int:
     try:
         code = main(argv)
     finally:
-        Path(os.environ[COUNT_ENV]).write_text(json.dumps({"bytes_read": counter.bytes_read}))
+        # This process's own peak: a parent's ru_maxrss for it would include the memory of the
+        # bench process it was forked from (Linux carries the pre-exec peak into ru_maxrss).
+        Path(os.environ[COUNT_ENV]).write_text(json.dumps({
+            "bytes_read": counter.bytes_read,
+            "peak_rss_bytes": build_scale.status_kib("VmHWM") * 1024}))
     return int(code or 0)
 
 

@@ -51,9 +51,15 @@ def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndar
     found = np.full((len(queries), k), -1, np.int64)
     for ids, vectors in chunks:
         for start in range(0, len(queries), QUERY_BLOCK):
-            rows = slice(start, start + QUERY_BLOCK)
-            block = queries[rows] @ vectors.T
-            cand_s, cand_i = _top(block, np.broadcast_to(ids, block.shape), k)
+            block = queries[start:start + QUERY_BLOCK] @ vectors.T
+            # Only queries with a score above their current k-th best change: after the first
+            # chunks that is a few rows, and the partition runs on those rows alone.
+            rows = start + np.flatnonzero(
+                (block > scores[start:start + QUERY_BLOCK].min(axis=1)[:, None]).any(axis=1))
+            if not len(rows):
+                continue
+            sub = block[rows - start]
+            cand_s, cand_i = _top(sub, np.broadcast_to(ids, sub.shape), k)
             scores[rows], found[rows] = _top(np.concatenate([scores[rows], cand_s], 1),
                                              np.concatenate([found[rows], cand_i], 1), k)
     order = np.argsort(-scores, axis=1, kind="stable")
