@@ -34,6 +34,9 @@ MIN_CHUNK_ROWS = 256
 # One bucket of sorted rows (keys, metadata) in memory while the sorted tables are written.
 BUCKET_BYTES = 1 << 20
 MIN_BUCKET_ROWS = 1024
+# Bucket files open at once while scattering: well under a usual `ulimit -n` of 1024. A shard
+# of more rows than this many buckets of BUCKET_BYTES gets larger buckets (31M rows: ~6 MB).
+MAX_BUCKETS = 256
 VECTOR_COLUMNS = ("image_id", "embedding")
 
 
@@ -145,7 +148,8 @@ class ShardSpill:
         if not len(kept_ids):
             return
         row_bytes = self.rows_path.stat().st_size / max(len(keep), 1)
-        per_bucket = max(MIN_BUCKET_ROWS, int(BUCKET_BYTES // max(row_bytes, 1.0)))
+        per_bucket = max(MIN_BUCKET_ROWS, int(BUCKET_BYTES // max(row_bytes, 1.0)),
+                         -(-len(kept_ids) // MAX_BUCKETS))
         # Bucket b holds ids in [bounds[b-1], bounds[b]): equal counts, from the ids' quantiles.
         bounds = np.sort(kept_ids)[per_bucket::per_bucket]
         if not len(bounds):

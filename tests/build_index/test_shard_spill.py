@@ -41,18 +41,22 @@ def test_rows_come_back_in_order_in_bounded_chunks(tmp_path: Path,
         0: fx.keys_for(n)[0], 4_999: fx.keys_for(n)[4_999], 301: fx.keys_for(n)[301]}
 
 
-@pytest.mark.parametrize("bucket_bytes", [1 << 30, 20_000])  # one bucket; many buckets
+@pytest.mark.parametrize(("bucket_bytes", "max_buckets"),
+                         [(1 << 30, 256), (20_000, 256), (20_000, 5)])  # one; many; capped
 def test_sorted_rows_are_the_kept_rows_in_id_order(tmp_path: Path, bucket_bytes: int,
+                                                   max_buckets: int,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     n = 6_000
     monkeypatch.setattr(shard_spill, "BUCKET_BYTES", bucket_bytes)
     monkeypatch.setattr(shard_spill, "MIN_BUCKET_ROWS", 100)
+    monkeypatch.setattr(shard_spill, "MAX_BUCKETS", max_buckets)
     tbl = fx.table(fx.keys_for(n), fx.random_vectors(n, 8))
     spill = shard_spill.ShardSpill.collect(_payloads(tbl, 5), tmp_path)
     keep = np.random.default_rng(0).random(n) < 0.7
     kept_ids = tbl.column("image_id").to_numpy()[keep]
     buckets = list(spill.sorted_rows(keep, kept_ids))
     assert (len(buckets) > 3) == (bucket_bytes < 1 << 30)
+    assert len(buckets) <= max_buckets + 1  # the last bucket takes the remainder
     got = pa.concat_tables(buckets)
     expected = tbl.drop_columns(["embedding"]).filter(pa.array(keep)).sort_by("image_id")
     assert got.equals(expected)
