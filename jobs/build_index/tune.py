@@ -10,7 +10,7 @@ that matters: a query never gets credit for finding itself).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,12 +111,34 @@ def tune(
         recall = measure({})
         return TuneResult({}, recall, recall >= target_recall)
     best = TuneResult({}, -1.0, False)
+    below = 0  # the largest value measured below the target
     for value in candidates(index):
         params = {name: value}
         recall = measure(params)
         log.debug("%s=%d recall@10=%.4f", name, value, recall)
         if recall >= target_recall:
-            return TuneResult(params, recall, True)
+            found = TuneResult(params, recall, True)
+            return _refine(measure, name, below, found, target_recall) if name == NPROBE \
+                else found
+        below = value
         if recall > best.recall_at_10:
             best = TuneResult(params, recall, False)
     return best  # the caller refuses to ship it
+
+
+def _refine(measure: Callable[[dict[str, int]], float], name: str, below: int,
+            found: TuneResult, target_recall: float) -> TuneResult:
+    """Bisect (below, found] for a smaller value that still meets the target, to within an
+    eighth of it: the powers-of-two ladder can overshoot by up to 2x, and search cost is linear
+    in nprobe (measured: a 2-shard 1280-d build landed at nprobe 128, recall 0.985, for a 0.96
+    target). Recall grows with nprobe, so bisection is sound."""
+    high = found.search_params[name]
+    while high - below > max(1, high // 8):
+        mid = (below + high) // 2
+        recall = measure({name: mid})
+        log.debug("%s=%d recall@10=%.4f (refining)", name, mid, recall)
+        if recall >= target_recall:
+            high, found = mid, TuneResult({name: mid}, recall, True)
+        else:
+            below = mid
+    return found

@@ -43,3 +43,20 @@ def test_exact_topk_streams_chunks_to_the_brute_force_answer() -> None:
     assert np.array_equal(got, expected)
     small = tune.exact_topk([(ids[:4], base[:4])], queries[:2], 6)  # fewer rows than k
     assert (small[:, 4:] == -1).all() and set(small[0, :4]) == set(ids[:4])
+
+
+def test_refining_bisects_the_powers_of_two_overshoot() -> None:
+    measured: list[int] = []
+
+    def measure(params: dict[str, int]) -> float:
+        measured.append(params["nprobe"])
+        return min(1.0, params["nprobe"] / 100)  # recall grows with nprobe; 45 is the least
+
+    # The ladder found 64 (0.64) after 32 (0.32) missed a 0.45 target.
+    found = tune._refine(measure, "nprobe", 32, tune.TuneResult({"nprobe": 64}, 0.64, True),
+                         0.45)
+    assert found == tune.TuneResult({"nprobe": 48}, 0.48, True)  # within 1/8 of the least
+    assert measured == [48, 40, 44]
+    # Nothing to refine between neighbours.
+    assert tune._refine(measure, "nprobe", 1, tune.TuneResult({"nprobe": 2}, 0.02, True),
+                        0.01).search_params == {"nprobe": 2}
