@@ -6,10 +6,8 @@ boundary: proto <-> dataclass, the status code of each outcome, metrics and the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from typing import Any, Protocol
 
 import grpc
@@ -18,7 +16,7 @@ import numpy as np
 from cbir.errors import CbirError, FailedPrecondition
 from cbir.limits import DEFAULT_LIMITS, Limits
 from cbir.rpc.logs import clean_request_id
-from cbir.rpc.status import grpc_errors, status_for
+from cbir.rpc.status import grpc_errors, outcome_recorded, status_for
 from coordinator.batch_queries import BatchAnswer, BatchItem, BatchQuery, packed_rows
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.queries import IndexParams
@@ -171,37 +169,40 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
     ) -> cbir_pb2.SearchResponse:
         request_id = request_id_of(request)
         query = query_of(request, request_id, context.time_remaining())
-        start = time.monotonic()
-        code, partial, version = "OK", False, ""
-        try:
+        partial, version = False, ""
+
+        def record(code: str, seconds: float) -> None:
+            self._count(query.kind, code, seconds)
+            access_log.info(
+                "search request_id=%s query=%s code=%s partial=%s index_version=%s ms=%.2f",
+                request_id, query.kind, code, partial, version or "-", seconds * 1000,
+            )
+
+        with outcome_recorded(record):
             answer = await self.service.search(query)
             partial, version = bool(answer.failed_shards), answer.index_version
             if partial:
                 self.metrics.partial.inc()
             return response_of(answer, request_id)
-        except asyncio.CancelledError:  # the caller went away: not an OK answer
-            code = "CANCELLED"
-            raise
-        except Exception as exc:
-            code = status_for(exc).name
-            raise
-        finally:
-            seconds = time.monotonic() - start
-            self.metrics.requests.labels(query.kind, code).inc()
-            self.metrics.latency.labels(query.kind, code).observe(seconds)
-            access_log.info(
-                "search request_id=%s query=%s code=%s partial=%s index_version=%s ms=%.2f",
-                request_id, query.kind, code, partial, version or "-", seconds * 1000,
-            )
+
+    def _count(self, kind: str, code: str, seconds: float) -> None:
+        self.metrics.requests.labels(kind, code).inc()
+        self.metrics.latency.labels(kind, code).observe(seconds)
 
     @grpc_errors
     async def SearchBatch(
         self, request: cbir_pb2.SearchBatchRequest, context: grpc.aio.ServicerContext
     ) -> cbir_pb2.SearchBatchResponse:
         request_id = request_id_of(request)
-        start = time.monotonic()
-        code, partial, failed, batch = "OK", 0, 0, None
-        try:
+        partial, failed, batch = 0, 0, None
+
+        def record(code: str, seconds: float) -> None:
+            self._count("batch", code, seconds)
+            access_log.info("search_batch request_id=%s queries=%d code=%s partial=%d "
+                            "failed=%d ms=%.2f", request_id, len(batch.items) if batch else 0,
+                            code, partial, failed, seconds * 1000)
+
+        with outcome_recorded(record):
             batch = batch_query_of(request, request_id, context.time_remaining(),
                                    self.service.limits)
             answer = await self.service.search_batch(batch)
@@ -210,19 +211,6 @@ class CoordinatorServicer(cbir_pb2_grpc.CoordinatorServicer):
                           for r in answer.results)
             self.metrics.partial.inc(partial)
             return batch_response_of(answer, request_id)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:
-            code = status_for(exc).name
-            raise
-        finally:
-            seconds = time.monotonic() - start
-            self.metrics.requests.labels("batch", code).inc()
-            self.metrics.latency.labels("batch", code).observe(seconds)
-            access_log.info("search_batch request_id=%s queries=%d code=%s partial=%d "
-                            "failed=%d ms=%.2f", request_id, len(batch.items) if batch else 0,
-                            code, partial, failed, seconds * 1000)
 
     def _write_service(self) -> WriteService:
         if self.writes is None:

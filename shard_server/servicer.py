@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,7 +14,7 @@ import numpy as np
 from cbir.cache import APPLIED_SEQ_METADATA
 from cbir.faiss_params import EF_SEARCH, NPROBE
 from cbir.rpc.logs import clean_request_id, safe_text
-from cbir.rpc.status import grpc_errors, status_for
+from cbir.rpc.status import grpc_errors, outcome_recorded
 from protos import cbir_pb2, cbir_pb2_grpc
 from shard_server.admin import IndexPolicy
 from shard_server.filtering import schema_of
@@ -48,21 +46,13 @@ def observed(name: str) -> Callable[[Method[R]], Method[R]]:
         @functools.wraps(method)
         async def wrapper(self: ShardServicer, request: Any,
                           context: grpc.aio.ServicerContext) -> R:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                return await method(self, request, context)
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except Exception as exc:
-                code = status_for(exc).name
-                raise
-            finally:
-                seconds = time.perf_counter() - start
+            def record(code: str, seconds: float) -> None:
                 self.metrics.observe(name, code, seconds)
                 if code not in _QUIET or access_log.isEnabledFor(logging.INFO):
                     _log_access(name, code, request, seconds)
+
+            with outcome_recorded(record):
+                return await method(self, request, context)
 
         return wrapper
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -33,6 +36,23 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 
 
 R = TypeVar("R")
+
+
+@contextmanager
+def outcome_recorded(record: Callable[[str, float], None]) -> Iterator[None]:
+    """Run a block, then ``record(status name, seconds)``: OK, CANCELLED when the caller went
+    away, else the status its error maps to. For the servers' metrics and access lines."""
+    start, code = time.perf_counter(), "OK"
+    try:
+        yield
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except Exception as exc:
+        code = status_for(exc).name
+        raise
+    finally:
+        record(code, time.perf_counter() - start)
 
 
 def grpc_errors(
