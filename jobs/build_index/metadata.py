@@ -11,7 +11,6 @@ key stays in ``ids.parquet`` only; the shard server joins the two.
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -69,23 +68,6 @@ def _expand(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
         table = table.append_column(pa.field(column, pa.string()),
                                     pc.map_lookup(attrs, name, "first"))
     return table
-
-
-def read_metadata(dataset: ds.Dataset, ids: np.ndarray,
-                  attributes: tuple[str, ...] = ()) -> pa.Table:
-    """The metadata rows of ``ids`` (sorted, unique), in that order; the first row of an id
-    wins where the run holds exact duplicates (the build drops those too)."""
-    columns = metadata_columns(dataset.schema)
-    wanted = pa.array(ids, pa.int64())
-    table = dataset.to_table(columns=columns, filter=pc.field("image_id").isin(wanted))
-    found = table.column("image_id").to_numpy()
-    order = np.argsort(found, kind="stable")
-    unique, first = np.unique(found[order], return_index=True)
-    if not np.array_equal(unique, ids):
-        raise FailedPrecondition(
-            f"metadata: {len(ids)} ids in the shard, {len(unique)} found in the embeddings"
-        )
-    return _expand(table.take(pa.array(order[first])).combine_chunks(), attributes)
 
 
 def from_rows(table: pa.Table, attributes: tuple[str, ...] = ()) -> pa.Table:

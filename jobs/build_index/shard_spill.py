@@ -152,9 +152,6 @@ class ShardSpill:
                          -(-len(kept_ids) // MAX_BUCKETS))
         # Bucket b holds ids in [bounds[b-1], bounds[b]): equal counts, from the ids' quantiles.
         bounds = np.sort(kept_ids)[per_bucket::per_bucket]
-        if not len(bounds):
-            yield self._kept_table(self.rows(), keep).sort_by("image_id")
-            return
         buckets = self.root / "buckets"
         buckets.mkdir(exist_ok=True)
         self._scatter(keep, bounds, buckets)
@@ -164,14 +161,6 @@ class ShardSpill:
                 table = pa.ipc.open_stream(source).read_all()
             path.unlink()
             yield table.sort_by("image_id")
-
-    def _kept_table(self, batches: Iterable[pa.RecordBatch], keep: np.ndarray) -> pa.Table:
-        parts, offset = [], 0
-        for batch in batches:
-            parts.append(pa.Table.from_batches([batch]).filter(
-                pa.array(keep[offset:offset + batch.num_rows])))  # filter copies the rows
-            offset += batch.num_rows
-        return pa.concat_tables(parts).combine_chunks()
 
     def _scatter(self, keep: np.ndarray, bounds: np.ndarray, buckets: Path) -> None:
         """Each kept row to its bucket's file (one batch of rows in memory at a time)."""
