@@ -6,9 +6,9 @@ capacity, so after chunked adds an IVF index holds up to 2x its codes in RAM (~1
 index on Faiss's array lists (alone, or behind a pre-transform such as OPQ or PCA),
 ``add_in_chunks`` first assigns every vector to its list (one pass, 8 bytes a vector kept),
 reserves each list's exact size, then adds each chunk with those assignments
-(``IndexIVF.add_core``), so the coarse quantizer runs once per vector as in a plain add. The lists, codes and ids are identical to
-``add_with_ids``'s (tests/build_index/test_adding.py); only the spare capacity is gone.
-Any other index is added to with ``add_with_ids``.
+(``IndexIVF.add_core``), so the coarse quantizer runs once per vector as in a plain add. The
+lists, codes and ids are identical to ``add_with_ids``'s (tests/build_index/test_adding.py);
+only the spare capacity is gone. Any other index is added to with ``add_with_ids``.
 """
 
 from __future__ import annotations
