@@ -7,6 +7,7 @@ its own last words instead of a timeout.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -15,9 +16,32 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default low bound
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free now, for a child server to bind. Chosen below the ephemeral range: a port
+    the kernel handed out for ``bind(0)`` is also what it hands to any process's outgoing
+    connections, which took one between this check and the child's bind (a CI run failed
+    with "the port is in use")."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # every port tried was taken: let the kernel pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
